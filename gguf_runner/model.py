@@ -1,0 +1,102 @@
+"""The Mistral / Mixtral / Llama 2 forward pass on CPU, one chunk of tokens at a time.
+
+Axes: T tokens in the chunk, D model dim, H query heads, G kv heads, r = H // G, Dh head dim,
+S cached keys, F ffn hidden, V vocab, E experts, k experts used per token.
+The model never sees quantization: it calls matmul(w, x) on whatever type w is.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from quant import get_rows, matmul
+
+from .args import ModelArgs
+from .cache import KVCache, attention_mask
+from .weights import Weights
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:   # (T, D) * (D,)
+    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)) * w
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x (T, heads, Dh); rotates ADJACENT pairs (x[2i], x[2i+1]) of the first rope_dim dims, as the
+    GGUF converter's Q/K row permutation expects. cos, sin: (T, 1, rope_dim // 2)."""
+    n = 2 * cos.shape[-1]
+    a, b = x[..., 0:n:2], x[..., 1:n:2]
+    out = x.copy()
+    out[..., 0:n:2] = a * cos - b * sin
+    out[..., 1:n:2] = a * sin + b * cos
+    return out
+
+
+class Transformer:
+    def __init__(self, args: ModelArgs, weights: Weights):
+        self.args, self.w = args, weights
+        half = np.arange(0, args.rope_dim, 2, dtype=np.float64) / args.rope_dim
+        self.inv_freq = args.rope_theta ** -half                                    # (rope_dim/2,)
+        self.feed_forward = self.dense if args.moe is None else self.moe             # chosen once
+        if args.moe:
+            E = args.moe.n_experts
+            self.experts = [{kind: weights.experts(i, kind, E) for kind in ("gate", "up", "down")}
+                            for i in range(args.n_layers)]
+
+    def forward(self, ids: np.ndarray, cache: KVCache, all_logits: bool = True) -> np.ndarray:
+        """ids (T,) at the cache's next positions -> logits (T, V), or (1, V) for the last token only."""
+        a, w = self.args, self.w
+        pos = cache.positions(len(ids))
+        ang = (pos / a.rope_scale)[:, None] * self.inv_freq                        # (T, rope_dim/2)
+        rot = (np.cos(ang).astype(np.float32)[:, None], np.sin(ang).astype(np.float32)[:, None])
+        x = get_rows(w["token_embd.weight"], ids)                                   # (T, D)
+        for i, layer_cache in enumerate(cache.layers):
+            h = rms_norm(x, w.vector(f"blk.{i}.attn_norm.weight"), a.norm_eps)
+            x = x + self.attention(i, h, pos, rot, layer_cache)
+            h = rms_norm(x, w.vector(f"blk.{i}.ffn_norm.weight"), a.norm_eps)
+            x = x + self.feed_forward(i, h)
+        x = x if all_logits else x[-1:]
+        return matmul(w.output, rms_norm(x, w.vector("output_norm.weight"), a.norm_eps))
+
+    def attention(self, i: int, h: np.ndarray, pos: np.ndarray, rot, layer_cache) -> np.ndarray:
+        a, w, T = self.args, self.w, h.shape[0]
+        G, r, Dh = a.n_kv_heads, a.n_heads // a.n_kv_heads, a.head_dim
+        q = rope(matmul(w[f"blk.{i}.attn_q.weight"], h).reshape(T, a.n_heads, Dh), *rot)
+        k = rope(matmul(w[f"blk.{i}.attn_k.weight"], h).reshape(T, G, Dh), *rot)
+        v = matmul(w[f"blk.{i}.attn_v.weight"], h).reshape(T, G, Dh)
+        K, V, kpos = layer_cache.update_and_fetch(k, v, pos)                        # (G, S, Dh), (S,)
+        # Query head g*r + j reads kv head g: group the queries by kv head -> (G, T*r, Dh).
+        qg = q.reshape(T, G, r, Dh).transpose(1, 0, 2, 3).reshape(G, T * r, Dh)
+        scores = (qg @ K.transpose(0, 2, 1)) * np.float32(Dh ** -0.5)              # (G, T*r, S)
+        mask = np.repeat(attention_mask(pos, kpos, a.sliding_window), r, axis=0)   # (T*r, S)
+        probs = softmax(np.where(mask, scores, -np.inf))
+        out = (probs @ V).reshape(G, T, r, Dh).transpose(1, 0, 2, 3).reshape(T, a.n_heads * Dh)
+        return matmul(w[f"blk.{i}.attn_output.weight"], out)
+
+    def swiglu(self, gate, up, down, h: np.ndarray) -> np.ndarray:                  # (T, D) -> (T, D)
+        return matmul(down, silu(matmul(gate, h)) * matmul(up, h))
+
+    def dense(self, i: int, h: np.ndarray) -> np.ndarray:
+        w = self.w
+        return self.swiglu(w[f"blk.{i}.ffn_gate.weight"], w[f"blk.{i}.ffn_up.weight"],
+                           w[f"blk.{i}.ffn_down.weight"], h)
+
+    def moe(self, i: int, h: np.ndarray) -> np.ndarray:
+        """Top-k routing: softmax over the k best router logits; only the chosen experts are read."""
+        k, ex = self.args.moe.n_experts_used, self.experts[i]
+        logits = matmul(self.w[f"blk.{i}.ffn_gate_inp.weight"], h)                # (T, E)
+        top = np.argsort(-logits, axis=-1, kind="stable")[:, :k]                   # (T, k)
+        gates = softmax(np.take_along_axis(logits, top, axis=-1))                  # (T, k)
+        out = np.zeros_like(h)
+        for e in np.unique(top):
+            rows, slot = np.nonzero(top == e)
+            y = self.swiglu(ex["gate"][e], ex["up"][e], ex["down"][e], h[rows])
+            out[rows] += gates[rows, slot, None] * y
+        return out

@@ -1,0 +1,116 @@
+"""The Python API: load(model) -> Model, a stateful runner over one mapped GGUF file."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+import quant
+
+from .args import ModelArgs, ModelError
+from .cache import KVCache
+from .gguf_file import GGUFFile
+from .model import Transformer
+from .registry import resolve
+from .tokenizer import Tokenizer
+from .weights import Weights
+
+
+class Model:
+    """A loaded model and its running state (the KV cache and the tokens consumed so far)."""
+
+    def __init__(self, path: Path, *, n_ctx: int | None = None, n_threads: int | None = None,
+                 sliding_window: int | str | None = "auto", fallback_window: int | None = None,
+                 n_batch: int = 256, vocab_only: bool = False):
+        self.path = Path(path)
+        self.file = GGUFFile(self.path)
+        self.metadata = self.file.metadata
+        self.tokenizer = Tokenizer.from_metadata(self.metadata)
+        self.vocab_only = vocab_only
+        if vocab_only:
+            return
+        if n_threads is not None:
+            if n_threads < 1:
+                raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+            quant.set_num_threads(n_threads)
+        if n_batch < 1:
+            raise ValueError(f"n_batch must be >= 1, got {n_batch}")
+        self.weights = Weights(self.file)
+        embd = self.file.tensors.get("token_embd.weight")
+        if embd is None:
+            raise ModelError("missing tensor token_embd.weight")
+        self.args = ModelArgs.from_metadata(self.metadata, n_vocab=embd.shape[0],
+                                            sliding_window=sliding_window, fallback_window=fallback_window)
+        self.weights.check(self.args)
+        self.n_ctx = min(self.args.context_length, 4096) if n_ctx is None else int(n_ctx)
+        if self.n_ctx < 1:
+            raise ValueError(f"n_ctx must be >= 1, got {self.n_ctx}")
+        self.n_batch = n_batch
+        self.transformer = Transformer(self.args, self.weights)
+        self.reset()
+
+    # --- text ---
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.decode(ids)
+
+    # --- state ---
+    def reset(self) -> None:
+        a = self.args
+        self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, self.n_ctx, a.sliding_window, self.n_batch)
+        self.tokens: list[int] = []
+
+    @property
+    def n_past(self) -> int:
+        return self.cache.offset
+
+    def eval(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Feed ids after the current state, in chunks of n_batch. Returns float32 logits (len(ids), V)
+        if all_logits, else the last token's (V,)."""
+        ids = self._check_ids(ids)
+        outs = []
+        for s in range(0, len(ids), self.n_batch):
+            chunk = ids[s:s + self.n_batch]
+            last = s + self.n_batch >= len(ids)
+            if all_logits or last:
+                outs.append(self.transformer.forward(chunk, self.cache, all_logits=all_logits))
+            else:
+                self.transformer.forward(chunk, self.cache, all_logits=False)
+            self.tokens.extend(int(t) for t in chunk)
+        return np.concatenate(outs) if all_logits else outs[-1][-1]
+
+    def logits(self, ids) -> np.ndarray:
+        """float32 (len(ids), n_vocab) logits of every position, from a fresh state."""
+        self.reset()
+        return self.eval(ids, all_logits=True)
+
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 0:
+            raise ValueError("no tokens to evaluate")
+        bad = ids[(ids < 0) | (ids >= self.args.n_vocab)]
+        if len(bad):
+            raise ValueError(f"token id {int(bad[0])} out of range 0..{self.args.n_vocab - 1}")
+        return ids
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load(model: str | os.PathLike, *, n_ctx: int | None = None, n_threads: int | None = None,
+         sliding_window: int | str | None = "auto", vocab_only: bool = False, n_batch: int = 256) -> Model:
+    """model: a GGUF path or a models.yaml name. sliding_window: int, None (off) or "auto"
+    (the file's value, else models.yaml's)."""
+    path, entry = resolve(model)
+    return Model(path, n_ctx=n_ctx, n_threads=n_threads, sliding_window=sliding_window,
+                 fallback_window=entry.get("sliding_window") if entry else None,
+                 n_batch=n_batch, vocab_only=vocab_only)

