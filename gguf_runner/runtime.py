@@ -9,7 +9,7 @@ import numpy as np
 import quant
 
 from .args import ModelArgs, ModelError
-from .cache import KVCache
+from .cache import ContextFullError, KVCache
 from .gguf_file import GGUFFile
 from .model import Transformer
 from .registry import resolve
@@ -91,6 +91,8 @@ class Model:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) == 0:
             raise ValueError("no tokens to evaluate")
+        if self.n_past + len(ids) > self.n_ctx:
+            raise ContextFullError(f"context full: {self.n_past} + {len(ids)} tokens > n_ctx {self.n_ctx}")
         bad = ids[(ids < 0) | (ids >= self.args.n_vocab)]
         if len(bad):
             raise ValueError(f"token id {int(bad[0])} out of range 0..{self.args.n_vocab - 1}")

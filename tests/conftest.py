@@ -39,3 +39,23 @@ def smollm2_q4km_path(tmp_path_factory, smollm2_path) -> Path:
     """SmolLM2 re-quantized to Q4_K_M by llama.cpp (from its Q4_1 weights)."""
     out = tmp_path_factory.mktemp("smollm2") / "smollm2-q4km.gguf"
     return llama_quantize(smollm2_path, out, 15, requantize=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory):
+    """build(cfg, seed=0, quant=None) -> path of a tiny random model written as F32 GGUF, or
+    quantized by llama.cpp when quant is a llama_ftype (15 = Q4_K_M). Cached for the session."""
+    from models import random_weights, write_gguf
+
+    root = tmp_path_factory.mktemp("tiny")
+    built = {}
+
+    def build(cfg, seed: int = 0, quant: int | None = None):
+        key = (cfg, seed, quant)
+        if key not in built:
+            f32 = root / f"{cfg.kind}-{len(built)}-s{seed}-f32.gguf"
+            write_gguf(f32, cfg, random_weights(cfg, seed))
+            built[key] = f32 if quant is None else llama_quantize(f32, f32.with_suffix(f".q{quant}.gguf"), quant)
+        return built[key]
+
+    return build

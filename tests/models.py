@@ -33,6 +33,7 @@ class Tiny:
 MISTRAL = Tiny()
 LLAMA2 = Tiny(kind="llama2", n_kv_heads=8)
 MIXTRAL = Tiny(kind="mixtral", n_experts=8, theta=1e6)
+MIXTRAL_SPLIT = Tiny(kind="mixtral-split", n_experts=8, theta=1e6, merged=False)   # pre-2024 layout
 
 
 def random_weights(cfg: Tiny, seed: int = 0) -> dict[str, np.ndarray]:
@@ -134,3 +135,50 @@ def write_gguf(path, cfg: Tiny, w: dict[str, np.ndarray]) -> None:
     g.write_kv_data_to_file()
     g.write_tensors_to_file()
     g.close()
+
+
+def hf_model(cfg: Tiny, w: dict[str, np.ndarray], window: int | None = None):
+    """The same weights in HF transformers (eager attention, float32): the attention oracle."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    common = dict(vocab_size=cfg.vocab, hidden_size=cfg.dim, intermediate_size=cfg.hidden,
+                  num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                  num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, max_position_embeddings=cfg.ctx,
+                  rms_norm_eps=cfg.eps, rope_theta=cfg.theta, tie_word_embeddings=False)
+    if cfg.n_experts:
+        model = MixtralForCausalLM(MixtralConfig(**common, num_local_experts=cfg.n_experts,
+                                                 num_experts_per_tok=cfg.n_used, sliding_window=window))
+    elif cfg.kind == "llama2":
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        model = MistralForCausalLM(MistralConfig(**common, sliding_window=window))
+    model.config._attn_implementation = "eager"
+    sd = {"model.embed_tokens.weight": w["embed"], "model.norm.weight": w["norm"], "lm_head.weight": w["lm_head"]}
+    for i in range(cfg.n_layers):
+        p = f"model.layers.{i}."
+        for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", "o_proj")):
+            sd[f"{p}self_attn.{theirs}.weight"] = w[f"{i}.{ours}"]
+        sd[p + "input_layernorm.weight"] = w[f"{i}.attn_norm"]
+        sd[p + "post_attention_layernorm.weight"] = w[f"{i}.ffn_norm"]
+        if cfg.n_experts:
+            E = range(cfg.n_experts)
+            sd[p + "mlp.gate.weight"] = w[f"{i}.router"]
+            sd[p + "mlp.experts.gate_up_proj"] = np.stack(
+                [np.concatenate([w[f"{i}.{e}.gate"], w[f"{i}.{e}.up"]]) for e in E])
+            sd[p + "mlp.experts.down_proj"] = np.stack([w[f"{i}.{e}.down"] for e in E])
+        else:
+            for kind in ("gate", "up", "down"):
+                sd[f"{p}mlp.{kind}_proj.weight"] = w[f"{i}.{kind}"]
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    assert not unexpected and not [k for k in missing if "rotary" not in k], (missing, unexpected)
+    return model.float().eval()
+
+
+def hf_logits(model, ids) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.tensor(np.asarray(ids)[None], dtype=torch.long))
+    return out.logits[0].double().numpy()

@@ -1,0 +1,446 @@
+"""Tokenizers built from GGUF metadata (`tokenizer.ggml.*`), token ids identical to llama.cpp's.
+
+tokenizer.ggml.model:
+  llama  SentencePiece BPE (Llama 2, Mistral, Mixtral). The pieces, scores and types are rebuilt into a
+         sentencepiece ModelProto (serialized by hand below) and encoded by the sentencepiece library.
+  gpt2   byte-level BPE (SmolLM2, Llama 3, Mistral Nemo's Tekken): merges ranked by position, words cut by
+         the regexes that `tokenizer.ggml.pre` names. The regexes run over llama.cpp's "collapsed" text
+         (one placeholder character per Unicode category for code points >= 128), so words split exactly
+         where llama.cpp splits them, Unicode-version differences aside.
+Both first cut the text at special tokens as llama.cpp's tokenizer_st_partition does: user-defined tokens
+always, control and unknown tokens only with special=True. The behaviour follows llama.cpp's
+src/llama-vocab.cpp and src/unicode.cpp; the code is our own.
+"""
+import codecs
+import heapq
+import re
+import struct
+import unicodedata
+
+import sentencepiece
+
+# gguf.TokenType; sentencepiece's piece types use the same numbers
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# llama.cpp marks these texts end-of-generation (and control) whatever the file says
+_EOG_TEXTS = frozenset([
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~["])
+# fill-in-the-middle texts llama.cpp recognises when the file names no id; the last three kinds end generation
+_FIM_TEXTS = {
+    "pre": ["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>", "<PRE>",
+            "\u2581<PRE>", "<|code_prefix|>", "<|prefix|>"],
+    "suf": ["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim\u2581hole\uff5c>", "<SUF>",
+            "\u2581<SUF>", "<|code_suffix|>", "<|suffix|>"],
+    "mid": ["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>", "<MID>",
+            "\u2581<MID>", "<|code_middle|>", "<|middle|>"],
+    "pad": ["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
+    "rep": ["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
+    "sep": ["<|file_sep|>"],
+}
+_ALWAYS_RENDERED = frozenset(["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"])  # gpt-oss
+
+
+class Tokenizer:
+    """Text <-> token ids for one GGUF vocabulary. Build with Tokenizer.from_metadata(md)."""
+
+    model = ""
+    add_space_prefix = False  # SentencePiece: a space before each text fragment, dropped again by decode
+
+    @classmethod
+    def from_metadata(cls, md: dict) -> "Tokenizer":
+        model = md.get("tokenizer.ggml.model")
+        if model == "llama":
+            return SpmTokenizer(md)
+        if model == "gpt2":
+            return BpeTokenizer(md)
+        raise ValueError(f"unsupported tokenizer.ggml.model {model!r}: supported are 'llama' "
+                         f"(SentencePiece BPE) and 'gpt2' (byte-level BPE)")
+
+    def __init__(self, md: dict, default_bos: int | None, default_eos: int | None, add_bos: bool):
+        tokens = list(md["tokenizer.ggml.tokens"])
+        n = len(tokens)
+        self.tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # llama.cpp renames empty tokens
+        types = md.get("tokenizer.ggml.token_type")
+        self.types = [NORMAL] * n if types is None else [int(t) for t in list(types)[:n]]
+        self.n_vocab = n
+        self._ids = {t: i for i, t in enumerate(self.tokens)}
+
+        def token_id(key, default=None):  # a file's id outside the vocabulary keeps the default
+            default = default if default is not None and 0 <= default < n else None
+            value = md.get(f"tokenizer.ggml.{key}_token_id")
+            return int(value) if value is not None and 0 <= int(value) < n else default
+
+        self.bos_id, self.eos_id = token_id("bos", default_bos), token_id("eos", default_eos)
+        self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", add_bos))
+        self.add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False))
+        eog = {i for i in (self.eos_id, token_id("eot"), token_id("eom")) if i is not None}
+        for kind, texts in _FIM_TEXTS.items():
+            tid = token_id("fim_" + kind)
+            found = [self._ids[t] for t in texts if t in self._ids] if tid is None else []
+            for i in found:  # llama.cpp promotes the text it recognised to a control token
+                self.types[i] = CONTROL
+            if kind in ("pad", "rep", "sep"):
+                eog.update([tid] if tid is not None else found[:1])
+        for t in _EOG_TEXTS & self._ids.keys():
+            eog.add(self._ids[t])
+            self.types[self._ids[t]] = CONTROL
+        for t in _ALWAYS_RENDERED & self._ids.keys():
+            self.types[self._ids[t]] = USER_DEFINED
+        self.eog_ids = frozenset(eog)
+        # special tokens, longest text first (llama.cpp sorts by byte length)
+        special = [i for i, t in enumerate(self.types) if t in (CONTROL, USER_DEFINED, UNKNOWN)]
+        special.sort(key=lambda i: -len(self.tokens[i].encode()))
+        self._special = {True: special, False: [i for i in special if self.types[i] == USER_DEFINED]}
+        self._pieces: list[bytes | None] = [None] * n
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def encode(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of `text`, as llama.cpp's llama_tokenize(text, add_special=add_bos,
+        parse_special=special): add_bos adds BOS (and EOS) only where the vocabulary asks for them
+        (tokenizer.ggml.add_bos_token / add_eos_token); special=True turns control-token text into
+        its token."""
+        ids = [self.bos_id] if add_bos and self.add_bos and self.bos_id is not None else []
+        for fragment in self._partition(text, special):
+            if isinstance(fragment, int):
+                ids.append(fragment)
+            else:
+                ids.extend(self._encode_fragment(fragment))
+        if add_bos and self.add_eos and self.eos_id is not None:
+            ids.append(self.eos_id)
+        return ids
+
+    def _partition(self, text: str, special: bool) -> list:
+        """Text cut at special tokens: a list of str (raw text) and int (token id) fragments."""
+        fragments = [text] if text else []
+        for tid in self._special[special]:
+            piece = self.tokens[tid]
+            if not any(isinstance(f, str) and piece in f for f in fragments):
+                continue
+            out = []
+            for f in fragments:
+                if isinstance(f, int) or piece not in f:
+                    out.append(f)
+                    continue
+                for k, part in enumerate(f.split(piece)):  # non-overlapping, left to right
+                    if k:
+                        out.append(tid)
+                    if part:
+                        out.append(part)
+            fragments = out
+        return fragments
+
+    def _encode_fragment(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def token_bytes(self, id: int, special: bool = False) -> bytes:
+        """Raw bytes of a token's piece (llama_token_to_piece): control and unknown tokens are empty
+        unless special=True; byte tokens give their byte; may be part of a UTF-8 character."""
+        if not 0 <= id < self.n_vocab:
+            raise ValueError(f"token id {id} is outside the vocabulary [0, {self.n_vocab})")
+        kind = self.types[id]
+        if kind in (CONTROL, UNKNOWN):
+            return self.tokens[id].encode() if special else b""
+        piece = self._pieces[id]
+        if piece is None:
+            text = self.tokens[id]
+            if kind == USER_DEFINED:
+                piece = text.encode()
+            elif kind == NORMAL:
+                piece = self._normal_bytes(text)
+            elif kind == BYTE:
+                piece = bytes([int(text[3:5], 16)])
+            else:  # unused / undefined types render as nothing
+                piece = b""
+            self._pieces[id] = piece
+        return piece
+
+    def _normal_bytes(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, ids, special: bool = False) -> str:
+        """Text of a whole sequence: the pieces joined; SentencePiece's leading space (the one encode
+        puts before the text) dropped, as llama_detokenize does. Invalid UTF-8 becomes U+FFFD."""
+        data = b"".join(self.token_bytes(int(i), special) for i in ids)
+        if self.add_space_prefix and data[:1] == b" ":
+            data = data[1:]
+        return data.decode("utf-8", errors="replace")
+
+    def is_eog(self, id: int) -> bool:
+        """End of generation: EOS, EOT, EOM and the other tokens llama.cpp treats so."""
+        return id in self.eog_ids
+
+
+class StreamDecoder:
+    """Detokenize one id at a time: push(id) returns the text that became complete, never half a
+    UTF-8 character; flush() returns what is left. Pushing ids one by one and flushing gives exactly
+    tokenizer.decode(ids). at_start=False continues after a prompt: the SentencePiece leading space
+    of the first piece is kept (" Paris" after "The capital of France is")."""
+
+    def __init__(self, tokenizer: Tokenizer, special: bool = False, at_start: bool = True):
+        self.tokenizer, self.special = tokenizer, special
+        self._strip_space = at_start and tokenizer.add_space_prefix
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, id: int) -> str:
+        data = self.tokenizer.token_bytes(int(id), self.special)
+        if self._strip_space and data:
+            self._strip_space = False
+            data = data[1:] if data[:1] == b" " else data
+        return self._utf8.decode(data)
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+# -- SentencePiece ------------------------------------------------------------------------------------
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # negative int32 values take ten bytes, as protobuf writes them
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, value) -> bytes:
+    """One protobuf field: bytes -> length-delimited (wire type 2), float -> fixed32 (5), int -> varint (0)."""
+    if isinstance(value, bytes):
+        return _varint(number << 3 | 2) + _varint(len(value)) + value
+    if isinstance(value, float):
+        return _varint(number << 3 | 5) + struct.pack("<f", value)
+    return _varint(number << 3) + _varint(int(value))
+
+
+def spm_model_proto(pieces: list[str], scores: list[float], types: list[int], byte_fallback: bool) -> bytes:
+    """A serialized sentencepiece ModelProto for a BPE model (sentencepiece_model.proto field numbers):
+    pieces(1){piece 1, score 2, type 3}; trainer_spec(2){model_type 3 = BPE 2, vocab_size 4,
+    byte_fallback 35, unk_id 40, bos_id 41, eos_id 42}; normalizer_spec(3){name 1, add_dummy_prefix 3,
+    remove_extra_whitespaces 4, escape_whitespaces 5}: identity normalisation, spaces become U+2581."""
+    out = [_field(1, _field(1, p.encode()) + _field(2, float(s)) + _field(3, t))
+           for p, s, t in zip(pieces, scores, types)]
+    trainer = (_field(3, 2) + _field(4, len(pieces)) + _field(35, byte_fallback)
+               + _field(40, types.index(UNKNOWN)) + _field(41, -1) + _field(42, -1))
+    normalizer = _field(1, b"identity") + _field(3, 0) + _field(4, 0) + _field(5, 1)
+    return b"".join(out) + _field(2, trainer) + _field(3, normalizer)
+
+
+class SpmTokenizer(Tokenizer):
+    """tokenizer.ggml.model = llama. llama.cpp's SPM tokenizer merges the adjacent pair whose joined text
+    is the highest-scoring token (ties: leftmost), over every token whatever its type, and falls back to
+    <0xNN> byte tokens; sentencepiece's BPE does the same once every piece but the unknown and byte
+    ones is given type NORMAL, so that is what the rebuilt model holds."""
+
+    model = "llama"
+
+    def __init__(self, md: dict):
+        super().__init__(md, default_bos=1, default_eos=2, add_bos=True)
+        self.add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
+        scores = md.get("tokenizer.ggml.scores")
+        scores = [0.0] * self.n_vocab if scores is None else [float(s) for s in list(scores)[:self.n_vocab]]
+        is_byte = [k == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t) is not None
+                   for k, t in zip(self.types, self.tokens)]
+        types = [BYTE if b else NORMAL for b in is_byte]
+        pieces = list(self.tokens)
+        self._unk = next((i for i, k in enumerate(self.types) if k == UNKNOWN), None)
+        if self._unk is None:  # sentencepiece needs one unknown piece; this one is never produced
+            self._unk = len(pieces)
+            pieces, scores = pieces + [f"<unk:{len(pieces)}>"], scores + [0.0]
+            types.append(UNKNOWN)
+        types[self._unk] = UNKNOWN
+        self._byte_fallback = sum(is_byte) == 256
+        self._sp = sentencepiece.SentencePieceProcessor()
+        self._sp.LoadFromSerializedProto(spm_model_proto(pieces, scores, types, self._byte_fallback))
+
+    def _encode_fragment(self, text: str) -> list[int]:
+        # llama.cpp puts a space before every text fragment (each one starts the text or follows a special token)
+        ids = self._sp.encode(" " + text if self.add_space_prefix else text)
+        if not self._byte_fallback and self._unk in ids:  # llama.cpp would fail here too
+            raise ValueError(f"text {text!r} needs byte tokens <0xNN> that this vocabulary lacks")
+        return ids
+
+    def _normal_bytes(self, text: str) -> bytes:
+        return text.replace("\u2581", " ").encode()
+
+
+# -- byte-level BPE -----------------------------------------------------------------------------------
+
+def _byte_chars() -> list[str]:
+    """GPT-2's byte -> character table: printable Latin-1 bytes stand for themselves, the rest for 256+k."""
+    kept = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in kept else chr(next(extra)) for b in range(256)]
+
+
+_BYTE_CHARS = _byte_chars()
+_BYTE_ENCODE = {b: c for b, c in enumerate(_BYTE_CHARS)}  # str.translate table over Latin-1 text
+_BYTE_DECODE = {c: b for b, c in enumerate(_BYTE_CHARS)}
+
+# llama.cpp's collapsed text: ASCII stays; other code points become one placeholder per category
+_WHITESPACE = frozenset([0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000])
+_CATEGORY_CHAR = {"N": "\xd1", "L": "\xd2", "P": "\xd3", "M": "\xd4", "S": "\xd5"}  # anything else: \xd0
+_CATEGORY_ASCII = {"N": "0-9", "L": "A-Za-z", "P": r"!-#%-*,-/:-;?-@\[-\]_\{\}", "M": "", "S": r"\$\+<=>\^`\|~"}
+
+
+class _Collapse(dict):
+    def __missing__(self, cp: int) -> int:
+        if cp < 0x80:
+            v = cp
+        elif cp in _WHITESPACE:
+            v = 0x0B  # matched by \s, as in llama.cpp
+        else:
+            v = ord(_CATEGORY_CHAR.get(unicodedata.category(chr(cp))[0], "\xd0"))
+        self[cp] = v
+        return v
+
+
+_COLLAPSE = _Collapse()
+
+
+def _compile(expr: str) -> re.Pattern:
+    r"""A llama.cpp pre-tokenizer regex for collapsed text: \p{X} becomes its placeholder plus its ASCII
+    members (inside a class or as a class of its own); \s is ASCII whitespace, as in std::regex."""
+    out, inside, i = [], False, 0
+    while i < len(expr):
+        if expr.startswith("\\p{", i):
+            end = expr.index("}", i)
+            cat = expr[i + 3]
+            body = _CATEGORY_CHAR[cat] + _CATEGORY_ASCII[cat]
+            out.append(body if inside else f"[{body}]")
+            i = end + 1
+            continue
+        step = 2 if expr[i] == "\\" else 1
+        if expr[i] == "[":
+            inside = True
+        elif expr[i] == "]":
+            inside = False
+        out.append(expr[i:i + step])
+        i += step
+    return re.compile("".join(out), re.ASCII)
+
+
+# the regexes as llama.cpp writes them (its gpt2 and llama3 ones run as equivalent hand-written loops)
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_TEKKEN = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
+           r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
+           r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# (names, regexes applied in turn, ignore_merges, add_bos default)
+_PRE_TOKENIZERS = [
+    (["default", ""], [r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"], False, False),
+    (["gpt-2", "phi-2", "mpt", "olmo", "jais"], [_GPT2], False, False),
+    (["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"],
+     [r"\p{N}", _GPT2], False, False),
+    (["llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"], [_LLAMA3], True, True),
+    (["dbrx", "smaug-bpe"], [_LLAMA3], False, False),
+    (["tekken"], [_TEKKEN], True, True),
+]
+_PRE = {name: spec for names, *spec in _PRE_TOKENIZERS for name in names}
+
+
+class BpeTokenizer(Tokenizer):
+    """tokenizer.ggml.model = gpt2: words from the pre-tokenizer, each byte-encoded (GPT-2 table) and
+    merged lowest merge rank first (ties: leftmost), as llama.cpp's llm_tokenizer_bpe_session."""
+
+    model = "gpt2"
+
+    def __init__(self, md: dict):
+        super().__init__(md, default_bos=11, default_eos=11, add_bos=False)  # llama.cpp's gpt2 defaults
+        self.pre = md.get("tokenizer.ggml.pre", "")
+        if self.pre not in _PRE:
+            raise ValueError(f"unsupported tokenizer.ggml.pre {self.pre!r} for a gpt2 tokenizer: "
+                             f"supported are {', '.join(sorted(n for n in _PRE if n))}")
+        regexes, self._ignore_merges, add_bos = _PRE[self.pre]
+        self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", add_bos))
+        self._regexes = [_compile(r) for r in regexes]
+        if "tokenizer.ggml.merges" not in md:
+            raise ValueError("gpt2 tokenizer without tokenizer.ggml.merges")
+        self._ranks: dict[tuple[str, str], int] = {}
+        for rank, merge in enumerate(md["tokenizer.ggml.merges"]):
+            cut = merge.find(" ", 1)
+            self._ranks.setdefault((merge[:cut], merge[cut + 1:]) if cut > 0 else ("", ""), rank)
+        self._cache: dict[str, list[int]] = {}
+
+    def words(self, text: str) -> list[str]:
+        """The pre-tokenizer: each regex re-splits every piece so far; unmatched stretches are pieces too."""
+        collapsed = text.translate(_COLLAPSE)
+        spans = [(0, len(text))]
+        for rx in self._regexes:
+            out = []
+            for start, end in spans:
+                pos = start
+                for m in rx.finditer(collapsed, start, end):
+                    if m.start() > pos:
+                        out.append((pos, m.start()))
+                    out.append(m.span())
+                    pos = m.end()
+                if pos < end:
+                    out.append((pos, end))
+            spans = out
+        return [text[a:b] for a, b in spans]
+
+    def _encode_fragment(self, text: str) -> list[int]:
+        ids = []
+        for word in self.words(text):
+            word = word.encode().decode("latin-1").translate(_BYTE_ENCODE)
+            cached = self._cache.get(word)
+            if cached is None:
+                cached = self._cache[word] = self._bpe(word)
+                if len(self._cache) > 100_000:
+                    self._cache.clear()
+            ids.extend(cached)
+        return ids
+
+    def _bpe(self, word: str) -> list[int]:
+        if self._ignore_merges and word in self._ids:
+            return [self._ids[word]]
+        syms = list(word)  # one symbol per character; "" once merged into its left neighbour
+        nxt, prv = list(range(1, len(syms) + 1)), list(range(-1, len(syms) - 1))
+        nxt[-1] = -1
+        heap = []
+
+        def push(a, b):
+            rank = self._ranks.get((syms[a], syms[b]))
+            if rank is not None:
+                heapq.heappush(heap, (rank, a, b, syms[a] + syms[b]))
+
+        for i in range(len(syms) - 1):
+            push(i, i + 1)
+        while heap:
+            _, a, b, joined = heapq.heappop(heap)
+            if not syms[a] or not syms[b] or syms[a] + syms[b] != joined:
+                continue  # stale: one side has merged since
+            syms[a], syms[b] = joined, ""
+            nxt[a] = nxt[b]
+            if nxt[b] >= 0:
+                prv[nxt[b]] = a
+            if prv[a] >= 0:
+                push(prv[a], a)
+            if nxt[a] >= 0:
+                push(a, nxt[a])
+        ids = []
+        for s in filter(None, syms):
+            if s in self._ids:
+                ids.append(self._ids[s])
+            else:  # llama.cpp falls back to single-byte tokens, dropping bytes that have none
+                ids.extend(self._ids[c] for c in s if c < "\x80" and c in self._ids)
+        return ids
+
+    def _normal_bytes(self, text: str) -> bytes:
+        if all(c in _BYTE_DECODE for c in text):
+            return bytes(_BYTE_DECODE[c] for c in text)
+        out = b""  # llama.cpp's marker for characters outside the byte table
+        for c in text:
+            if c in _BYTE_DECODE:
+                out += bytes([_BYTE_DECODE[c]])
+            else:
+                out += b"[UNK_BYTE_0x" + c.encode().hex().encode() + text.encode() + b"]"
+        return out

@@ -1,0 +1,89 @@
+"""Fidelity against the oracles: HF transformers on F32 weights (attention, sliding window, MoE),
+and llama.cpp on Q4_K_M files, both measured against the exact float64 reference (tests/naive.py)."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import gguf_runner
+from models import LLAMA2, MISTRAL, MIXTRAL, MIXTRAL_SPLIT, hf_logits, hf_model, random_weights
+from naive import Exact, argmax_agreement, rel_rmse
+
+N = 64
+F32_CASES = [MISTRAL, LLAMA2, MIXTRAL, MIXTRAL_SPLIT]
+
+
+def ids_for(cfg, n=N, seed=1):
+    return np.random.default_rng(seed).integers(3, cfg.vocab, size=n)
+
+
+def assert_f32_close(ours, ref):
+    err = rel_rmse(ours, ref)
+    assert np.percentile(err, 90) <= 0.002, f"p90 rel-RMSE {np.percentile(err, 90):.2e}"
+    assert argmax_agreement(ours, ref) >= 0.98
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", F32_CASES, ids=lambda c: c.kind)
+def test_f32_ours_and_reference_match_hf(tiny_gguf, cfg):
+    ids = ids_for(cfg)
+    hf = hf_logits(hf_model(cfg, random_weights(cfg, 0)), ids)
+    path = tiny_gguf(cfg)
+    assert_f32_close(gguf_runner.load(path, sliding_window=None).logits(ids), hf)
+    assert_f32_close(Exact(path).logits(ids), hf)   # the reference the quantized tests lean on
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window", [8, None])
+def test_sliding_window_matches_hf(tiny_gguf, window):
+    cfg, ids = MISTRAL, ids_for(MISTRAL)
+    hf = hf_logits(hf_model(cfg, random_weights(cfg, 0), window=window), ids)
+    ours = gguf_runner.load(tiny_gguf(cfg), sliding_window=window, n_batch=16).logits(ids)
+    assert_f32_close(ours, hf)
+    m = gguf_runner.load(tiny_gguf(cfg), sliding_window=window)   # decode path too
+    assert_f32_close(np.stack([m.eval([t]) for t in ids]), hf)
+
+
+def llama_cpp_logits(path, ids) -> np.ndarray:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), logits_all=True, n_ctx=max(256, len(ids) + 8), n_threads=2,
+                n_batch=512, verbose=False)
+    llm.eval(list(map(int, ids)))
+    return np.array(llm.scores[: len(ids)], dtype=np.float64)
+
+
+def compare_with_llama_cpp(path, ids, exact):
+    ours = gguf_runner.load(path).logits(ids)
+    theirs = llama_cpp_logits(path, ids)
+    p90_ours, p90_theirs = np.percentile(rel_rmse(ours, exact), 90), np.percentile(rel_rmse(theirs, exact), 90)
+    agree_ours, agree_theirs = argmax_agreement(ours, exact), argmax_agreement(theirs, exact)
+    print(f"{path.name}: p90 rel-RMSE ours {p90_ours:.4f} llama.cpp {p90_theirs:.4f}; "
+          f"argmax ours {agree_ours:.3f} llama.cpp {agree_theirs:.3f}")
+    assert p90_ours <= max(1.25 * p90_theirs, 0.02)
+    assert agree_ours >= agree_theirs - 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", F32_CASES, ids=lambda c: c.kind)
+def test_q4_k_m_at_least_as_faithful_as_llama_cpp(tiny_gguf, cfg):
+    path = tiny_gguf(cfg, quant=15)   # Q4_K_M, quantized by llama.cpp
+    ids = ids_for(cfg)
+    compare_with_llama_cpp(path, ids, Exact(path).logits(ids))
+
+
+CHAT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of France, and why is it famous? Answer in two sentences."
+        "<|im_end|>\n<|im_start|>assistant\nThe capital of France is Paris. It is famous for")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["q4_1", "q4_k_m"])
+def test_smollm2_at_least_as_faithful_as_llama_cpp(smollm2_path, smollm2_q4km_path, which):
+    from llama_cpp import Llama
+
+    path = smollm2_path if which == "q4_1" else smollm2_q4km_path
+    ids = Llama(model_path=str(path), vocab_only=True, verbose=False).tokenize(CHAT.encode(), add_bos=False,
+                                                                               special=True)
+    assert len(ids) >= 48
+    compare_with_llama_cpp(path, ids, Exact(path).logits(ids))

@@ -1,0 +1,75 @@
+"""Our forward pass against itself across execution paths: incremental decode, chunked prefill,
+rolling buffer bounds, and against the exact float64 reference (tests/naive.py) on F32 weights."""
+import numpy as np
+import pytest
+
+import gguf_runner
+from models import LLAMA2, MISTRAL, MIXTRAL, MIXTRAL_SPLIT
+from naive import Exact, argmax_agreement, rel_rmse
+
+N = 64   # positions per test sequence (>= 48)
+
+
+def rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def ids_for(cfg, n=N, seed=1):
+    return np.random.default_rng(seed).integers(3, cfg.vocab, size=n)
+
+
+@pytest.mark.parametrize("cfg", [MISTRAL, LLAMA2, MIXTRAL, MIXTRAL_SPLIT], ids=lambda c: c.kind)
+def test_f32_matches_exact_reference(tiny_gguf, cfg):
+    path, ids = tiny_gguf(cfg), ids_for(cfg)
+    ours = gguf_runner.load(path).logits(ids)
+    exact = Exact(path).logits(ids)
+    assert ours.shape == (N, cfg.vocab) and ours.dtype == np.float32
+    assert np.percentile(rel_rmse(ours, exact), 90) <= 0.002
+    assert argmax_agreement(ours, exact) >= 0.98
+
+
+@pytest.mark.parametrize("cfg", [MISTRAL, MIXTRAL], ids=lambda c: c.kind)
+def test_incremental_decode_equals_full_forward(tiny_gguf, cfg):
+    m = gguf_runner.load(tiny_gguf(cfg), sliding_window=8)
+    ids = ids_for(cfg)
+    full = m.logits(ids)
+    m.reset()
+    steps = np.stack([m.eval([t]) for t in ids])
+    assert m.n_past == N
+    assert rel(steps, full) <= 1e-4
+
+
+@pytest.mark.parametrize("window", [None, 8])
+@pytest.mark.parametrize("n_batch", [1, 5, 16])
+def test_chunked_prefill_equals_unchunked(tiny_gguf, window, n_batch):
+    path, ids = tiny_gguf(MISTRAL), ids_for(MISTRAL)
+    whole = gguf_runner.load(path, sliding_window=window, n_batch=N).logits(ids)
+    m = gguf_runner.load(path, sliding_window=window, n_batch=n_batch)
+    chunked = m.logits(ids)
+    assert rel(chunked, whole) <= 1e-4
+    if window:   # the rolling buffer holds at most W keys plus one chunk
+        assert all(c.k.shape[1] <= window + n_batch for c in m.cache.layers)
+
+
+def test_sliding_window_matches_exact_reference(tiny_gguf):
+    path, ids = tiny_gguf(MISTRAL), ids_for(MISTRAL)
+    ours = gguf_runner.load(path, sliding_window=8).logits(ids)
+    exact = Exact(path, window=8).logits(ids)
+    assert np.percentile(rel_rmse(ours, exact), 90) <= 0.002
+    # the window matters here: the full-attention reference is far from it past position 8
+    assert np.median(rel_rmse(ours[16:], Exact(path).logits(ids)[16:])) > 0.05
+
+
+def test_window_from_metadata_and_override(tiny_gguf):
+    from dataclasses import replace
+    path = tiny_gguf(replace(MISTRAL, window=8))
+    assert gguf_runner.load(path).args.sliding_window == 8
+    assert gguf_runner.load(path, sliding_window=None).args.sliding_window is None
+    assert gguf_runner.load(path, sliding_window=4).args.sliding_window == 4
+    assert gguf_runner.load(tiny_gguf(MISTRAL)).args.sliding_window is None
+
+
+def test_context_full_is_a_clear_error(tiny_gguf):
+    m = gguf_runner.load(tiny_gguf(MISTRAL), n_ctx=16)
+    with pytest.raises(ValueError, match="context full"):
+        m.eval(ids_for(MISTRAL, 17))

@@ -1,0 +1,203 @@
+"""Kernel oracles: matvec / matmul / get_rows against dequantize-then-float64-numpy, thread-count
+independence, zero-copy expert views (checked with mincore), errors, and Numba's on-disk cache."""
+import ctypes
+import mmap
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+from quant import (SUPPORTED_TYPES, QuantizedTensor, UnsupportedTypeError, dequantize, get_rows,
+                   matmul, matvec)
+from quant.formats import FORMATS
+
+K = 768  # a multiple of every block size (3 super-blocks)
+N = 37  # odd, so rows do not split evenly between threads
+F16_FIELDS = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
+              T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}
+
+
+def fill_random(data: np.ndarray, ggml_type, seed: int) -> np.ndarray:
+    """Write random valid blocks into uint8 data (..., row_bytes): finite f16 scales."""
+    fmt, rng = FORMATS[ggml_type], np.random.default_rng(seed)
+    blocks = data.reshape(-1, fmt.BYTES)
+    n = blocks.shape[0]
+    if ggml_type in (T.F32, T.F16, T.BF16):
+        w = rng.standard_normal(n).astype(np.float32)
+        raw = {T.F32: w, T.F16: w.astype(np.float16), T.BF16: (w.view(np.uint32) >> 16).astype(np.uint16)}
+        blocks[:] = raw[ggml_type].view(np.uint8).reshape(n, fmt.BYTES)
+        return data
+    blocks[:] = rng.integers(0, 256, blocks.shape, dtype=np.uint8)
+    for off in F16_FIELDS[ggml_type]:
+        scale = (rng.uniform(1e-3, 1e-1, n) * rng.choice([-1, 1], n)).astype(np.float16)
+        blocks[:, off:off + 2] = scale.view(np.uint8).reshape(n, 2)
+    return data
+
+
+def random_tensor(ggml_type, shape, seed=0, name="w") -> QuantizedTensor:
+    fmt = FORMATS[ggml_type]
+    data = np.empty((*shape[:-1], shape[-1] // fmt.BLOCK * fmt.BYTES), np.uint8)
+    return QuantizedTensor(name, ggml_type, shape, fill_random(data, ggml_type, seed))
+
+
+def assert_close(ours, ref, what):
+    assert ours.dtype == np.float32 and ours.shape == ref.shape, what
+    diff = ours.astype(np.float64) - ref
+    assert np.linalg.norm(diff) <= 1e-5 * np.linalg.norm(ref), what
+    assert np.abs(diff).max() <= 1e-5 * np.abs(ref).max(), what
+
+
+@pytest.fixture
+def two_threads():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    before = numba.get_num_threads()
+    yield
+    numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("ggml_type", SUPPORTED_TYPES, ids=lambda t: t.name)
+def test_matvec_matmul_vs_float64(ggml_type):
+    w = random_tensor(ggml_type, (N, K), seed=int(ggml_type))
+    wf = dequantize(w).astype(np.float64)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(K).astype(np.float32)
+    assert_close(matvec(w, x), wf @ x, f"{ggml_type.name} matvec")
+    for t in (1, 3, 17, 64):
+        xs = rng.standard_normal((t, K)).astype(np.float32)
+        assert_close(matmul(w, xs), xs.astype(np.float64) @ wf.T, f"{ggml_type.name} matmul T={t}")
+
+
+@pytest.mark.parametrize("ggml_type", SUPPORTED_TYPES, ids=lambda t: t.name)
+def test_one_and_two_threads_bit_identical(ggml_type, two_threads):
+    w = random_tensor(ggml_type, (N, K), seed=7)
+    rng = np.random.default_rng(2)
+    x, xs = rng.standard_normal(K).astype(np.float32), rng.standard_normal((5, K)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        results.append([matvec(w, x), matmul(w, xs), dequantize(w), get_rows(w, [5, 0, 36])])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_matmul_in_several_tiles(monkeypatch):
+    """Tiles of 5 rows (the last one partial) give the same accuracy as one tile."""
+    import quant.kernels
+    monkeypatch.setattr(quant.kernels, "TILE_FLOATS", 5 * K)
+    w = random_tensor(T.Q4_K, (N, K), seed=3)
+    xs = np.random.default_rng(4).standard_normal((9, K)).astype(np.float32)
+    assert_close(matmul(w, xs), xs.astype(np.float64) @ dequantize(w).astype(np.float64).T, "tiled")
+
+
+# --- zero copy: with an anonymous mmap, a page is resident only once something touched it ---
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def resident_pages(buf: np.ndarray) -> set[int]:
+    vec = np.zeros((buf.nbytes + mmap.PAGESIZE - 1) // mmap.PAGESIZE, np.uint8)
+    assert _libc.mincore(buf.ctypes.data, buf.nbytes, vec.ctypes.data) == 0, ctypes.get_errno()
+    return set(np.flatnonzero(vec & 1).tolist())
+
+
+def pages(start: int, stop: int) -> set[int]:
+    return set(range(start // mmap.PAGESIZE, (stop - 1) // mmap.PAGESIZE + 1))
+
+
+def test_experts_and_rows_touch_only_their_bytes():
+    e_count, n, k = 4, 24, 1024  # Q4_K: 576 bytes a row, 13,824 bytes an expert
+    row_bytes = k // 256 * 144
+    buf = np.frombuffer(mmap.mmap(-1, e_count * n * row_bytes), np.uint8)
+    assert not resident_pages(buf)
+    w = QuantizedTensor("blk.0.ffn_up_exps.weight", T.Q4_K, (e_count, n, k), buf.reshape(e_count, n, row_bytes))
+    assert not resident_pages(buf), "the constructor read the data"
+
+    expert = w[2]
+    assert expert.shape == (n, k) and expert.name == "blk.0.ffn_up_exps.weight[2]"
+    assert np.shares_memory(expert.data, buf)
+    fill_random(expert.data, T.Q4_K, seed=5)
+    slab = pages(2 * n * row_bytes, 3 * n * row_bytes)
+    assert resident_pages(buf) == slab
+    x = np.random.default_rng(6).standard_normal(k).astype(np.float32)
+    xs = np.random.default_rng(6).standard_normal((3, k)).astype(np.float32)
+    wf = dequantize(expert).astype(np.float64)
+    assert_close(matvec(expert, x), wf @ x, "expert matvec")
+    assert_close(matmul(expert, xs), xs.astype(np.float64) @ wf.T, "expert matmul")
+    assert resident_pages(buf) == slab, "an op on expert 2 touched another expert"
+
+    # get_rows reads only the selected rows (embedding lookup)
+    rows = w[1]
+    ids = [3, 17, 3]
+    got = get_rows(rows, ids)
+    start = n * row_bytes
+    touched = set().union(*(pages(start + i * row_bytes, start + (i + 1) * row_bytes) for i in ids))
+    assert resident_pages(buf) == slab | touched
+    np.testing.assert_array_equal(got, np.zeros((3, k), np.float32))  # untouched memory is zeros
+    np.testing.assert_array_equal(get_rows(expert, ids), dequantize(expert)[ids])
+
+
+def test_get_rows_validates_ids():
+    w = random_tensor(T.Q8_0, (N, K))
+    assert get_rows(w, np.array([], np.int64)).shape == (0, K)
+    for bad in ([N], [-1]):
+        with pytest.raises(IndexError):
+            get_rows(w, bad)
+    with pytest.raises(ValueError):
+        get_rows(w, [[1]])
+
+
+def test_unsupported_type_message():
+    with pytest.raises(UnsupportedTypeError) as err:
+        QuantizedTensor("blk.3.attn_q.weight", T.Q2_K, (4, 256), np.zeros((4, 84), np.uint8))
+    message = str(err.value)
+    assert isinstance(err.value, ValueError) and "\n" not in message
+    assert "Q2_K" in message and "blk.3.attn_q.weight" in message and "Q4_K" in message and "F16" in message
+    with pytest.raises(UnsupportedTypeError, match="unknown type 99"):
+        QuantizedTensor("x", 99, (4,), np.zeros(4, np.uint8))
+
+
+def test_constructor_validates_shape_and_data():
+    with pytest.raises(ValueError, match="multiple of the block size 256"):
+        QuantizedTensor("w", T.Q4_K, (2, 100), np.zeros((2, 144), np.uint8))
+    with pytest.raises(ValueError, match=r"uint8 of shape \(2, 288\)"):
+        QuantizedTensor("w", T.Q4_K, (2, 512), np.zeros((2, 144), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        QuantizedTensor("w", T.F32, (2, 4), np.zeros((2, 4), np.float32))
+    w = random_tensor(T.Q4_0, (N, K))
+    assert (w.type_name, w.ggml_type, w.nbytes) == ("Q4_0", T.Q4_0, N * K // 32 * 18)
+    with pytest.raises(ValueError, match="float32"):
+        matvec(w, np.zeros(K, np.float64))
+    with pytest.raises(ValueError):
+        matvec(w, np.zeros(K + 1, np.float32))
+    with pytest.raises(IndexError):
+        w[0][0][0]
+
+
+def test_second_process_compiles_nothing():
+    """Numba's on-disk cache: a fresh process finds every kernel compiled (this process, or an
+    earlier run, filled the cache)."""
+    for ggml_type in SUPPORTED_TYPES:  # make sure every kernel is in the cache
+        matmul(random_tensor(ggml_type, (3, K)), np.ones((2, K), np.float32))
+        matvec(random_tensor(ggml_type, (3, K)), np.ones(K, np.float32))
+    script = """if True:
+        import numpy as np
+        from quant import QuantizedTensor, SUPPORTED_TYPES, matvec, matmul
+        from quant.formats import FORMATS
+        from quant.kernels import _dequantize_rows, _dot_rows
+        for t, fmt in FORMATS.items():
+            w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
+            matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((2, 768), np.float32))
+        kernels = [_dot_rows, _dequantize_rows] + [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
+        print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
+    """
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    misses, hits = map(int, out.stdout.split())
+    assert misses == 0 and hits == 2 + 2 * len(FORMATS), out.stdout

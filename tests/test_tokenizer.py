@@ -1,0 +1,351 @@
+"""Tokenizer oracle: token ids and pieces identical to llama.cpp's (llama-cpp-python, vocab_only=True).
+
+Vocabularies: SmolLM2's byte-level BPE (the real GGUF), the same vocabulary re-labelled with other
+pre-tokenizers and with user-defined tokens, a SentencePiece BPE model trained here (byte fallback,
+user-defined and control pieces), and, when the `mistral-common` package is installed (it ships Mistral's
+tokenizer files), Mistral 7B's v1 and v3 SentencePiece vocabularies and Mistral Nemo's Tekken BPE.
+llama.cpp loads a vocab-only GGUF holding just general.architecture = llama and the tokenizer keys.
+"""
+import base64
+import importlib.util
+import io
+import json
+import random
+import struct
+from pathlib import Path
+
+import gguf
+import llama_cpp
+import numpy as np
+import pytest
+import sentencepiece
+
+from gguf_runner.tokenizer import BYTE, CONTROL, USER_DEFINED, StreamDecoder, Tokenizer
+
+# -- hard strings -------------------------------------------------------------------------------------
+
+HAND = [
+    "", " ", "  ", "   ", "\n", "\n\n", "\r\n", "\t", " \t \n ", "Hello", " Hello", "  Hello", "Hello ",
+    "Hello world", "Hello  world", "Hello\nworld", "Hello\n\n\nworld", "Hello \n world", "Hello\t\tworld",
+    "line1\r\nline2\r\n", "    indented code", "\tdef f(x):\n\t\treturn x", "trailing spaces   ",
+    "naïve café résumé", "Ωμέγα λέξη", "Москва привет", "straße über", "ÀÉÎÕÜ àéîõü", "e\u0301 combining",
+    "\u0301 lone mark", "ǅungla", "İstanbul", "ﬁne ligature", "日本語のテキスト", "中文字符测试", "한국어 텍스트",
+    "混合 mixed テキスト", "😀", "emoji 😀👍🏽 ok", "family 👨\u200d👩\u200d👧 flag 🇫🇷", "🤖🤖🤖",
+    "0", "7", "42", "123", "1234", "12345", "1234567890", "3.14159", "1,000,000", "-12e-5", "٣٤٥ ²³ ½ Ⅻ",
+    "2024-01-01T12:00:00Z", "don't", "I'll we've they're she'd it's", "DON'T I'LL WE'VE", "'s 't 're",
+    "x = {'a': [1, 2]}\n    return x", "for (int i = 0; i < n; ++i) { a[i] += b[i]; }",
+    "if __name__ == \"__main__\":\n    main()", "#include <stdio.h>", "SELECT * FROM t WHERE a >= 1;",
+    "https://example.com/path?query=1&b=2#frag", "user@example.com", "C:\\Users\\name\\file.txt",
+    "zero\u200bwidth", "joiner\u200d\u200c", "\ufeffBOM", "word\u2060join", "a\u00a0b", "a\u3000b",
+    "a\u2009b\u202fc", "\x00\x01\x07\x1b\x7f", "\x1c\x1d\x1e\x1f", "\x85next line", "\u2028\u2029",
+    "\U0001d518\U0001d52b\U0001d526", "\U000f0000 private", "\uffff\ufffd", "<s>", "</s>", "<unk>", "<s>Hello</s>",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "<|endoftext|>", "<|im_start|><|im_end|>",
+    "[INST] question [/INST]", "[INST][/INST]", "<0x0A>", "\u2581", "\u2581\u2581x", "<|user|>hi@@there",
+    "@@", "<|user|>", "text<|user|>", "<|reponame|>", "<reponame>x<file_sep>", "<<<>>>", "[[INST]]",
+    "!!!???...", "—–-", "«quotes» “curly” ‘single’", "...", "a.b,c;d:e", "$100 + 50% = ~", "^`|~<=>",
+    "ALLCAPS lowercase MixedCase camelCase snake_case", "HTTPServer XMLParser", "AbCdEfGh",
+]
+POOL = [
+    "Hello", "world", "the", "The", "naïve", "Ωμέγα", "日本", "한국", "😀", "👍🏽", "0", "42", "12345", "3.14",
+    " ", "  ", "\n", "\n\n", "\t", "\r\n", "\u00a0", "\u3000", "\u200b", "'s", "'LL", "don't", "!", "?!", "...",
+    "{", "}", "()", "=>", "//", "#", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "[INST]", "[/INST]", "<|user|>",
+    "@@", "<0x41>", "\u2581", "e\u0301", "ß", "İ", "ǅ", "٣", "½", "\x00", "\x1f", "http://a.b/c", "camelCase",
+]
+
+
+def generated(n: int, seed: int = 0) -> list[str]:
+    """Random joins of hard pieces, and of random code points from several scripts."""
+    rng = random.Random(seed)
+    out = [f"{ws}{w}{ws2}" for ws in ("", " ", "  ", "\n", "\t") for w in ("Hello", "42", "日本", "!?")
+           for ws2 in ("", " ", "\n ")]
+    while len(out) < n:
+        if rng.random() < 0.7:
+            out.append("".join(rng.choice(POOL) for _ in range(rng.randint(1, 8))))
+        else:
+            ranges = [(0x20, 0x7E), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF), (0x3040, 0x30FF),
+                      (0x4E00, 0x4FFF), (0xAC00, 0xAC80), (0x1F300, 0x1F64F), (0x2000, 0x206F)]
+            out.append("".join(chr(rng.randint(*rng.choice(ranges))) for _ in range(rng.randint(1, 12))))
+    return out
+
+
+STRINGS = HAND + generated(200)
+
+
+# -- GGUF vocabularies --------------------------------------------------------------------------------
+
+def read_metadata(path) -> dict:
+    """GGUF metadata as the runtime hands it over: scalars, numeric arrays as numpy, string arrays as lists."""
+    md = {}
+    for key, field in gguf.GGUFReader(path).fields.items():
+        value = field.contents()
+        if field.types[0] == gguf.GGUFValueType.ARRAY and field.types[-1] != gguf.GGUFValueType.STRING:
+            value = np.array(value)
+        md[key] = value
+    return md
+
+
+def write_vocab_gguf(path, md: dict) -> Path:
+    """A vocab-only GGUF: general.architecture = llama plus the tokenizer keys is all llama.cpp reads."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in md.items():
+        if not key.startswith("tokenizer.ggml."):
+            continue
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        kind = {bool: gguf.GGUFValueType.BOOL, int: gguf.GGUFValueType.UINT32, str: gguf.GGUFValueType.STRING}
+        if key.endswith(("scores",)):
+            w.add_array(key, [float(v) for v in value])
+        elif key.endswith("token_type"):
+            w.add_array(key, [int(v) for v in value])
+        elif isinstance(value, list):
+            w.add_array(key, value)
+        else:
+            w.add_key_value(key, value, kind[type(value)])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        value, shift, i = value | (byte & 0x7F) << shift, shift + 7, i + 1
+        if byte < 0x80:
+            return value, i
+
+
+def _fields(data: bytes):
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        if key & 7 == 0:
+            value, i = _varint(data, i)
+        elif key & 7 == 2:
+            n, i = _varint(data, i)
+            value, i = data[i:i + n], i + n
+        elif key & 7 == 5:
+            value, i = struct.unpack("<f", data[i:i + 4])[0], i + 4
+        else:
+            value, i = data[i:i + 8], i + 8
+        yield key >> 3, value
+
+
+def spm_metadata(model: bytes) -> dict:
+    """GGUF tokenizer keys for a sentencepiece model, as llama.cpp's converter writes them."""
+    pieces, normalizer = [], {}
+    for number, value in _fields(model):
+        if number == 1:
+            f = dict(_fields(value))
+            pieces.append((f[1].decode(), f.get(2, 0.0), f.get(3, 1)))
+        elif number == 3:
+            normalizer = dict(_fields(value))
+    return {
+        "tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [p for p, _, _ in pieces],
+        "tokenizer.ggml.scores": np.array([s for _, s, _ in pieces], np.float32),
+        "tokenizer.ggml.token_type": np.array([t for _, _, t in pieces], np.int32),
+        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": False,
+        "tokenizer.ggml.add_space_prefix": bool(normalizer.get(3, 1)),
+    }
+
+
+def trained_spm() -> bytes:
+    """A small SentencePiece BPE model in the Llama mould: byte fallback, digits split, whitespace pieces."""
+    rng = random.Random(1)
+    syllables = ["ka", "to", "ri", "an", "mel", "str", "ion", "ing", "ed", "qu", "é", "ü", "ñ", "ß", "да", "ни",
+                 "мир", "日", "本", "語", "한", "국", "λο", "γι", "ar", "ven", "th", "er", "ou", "ai"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
+    code = ["def", "return", "(x)", "{}", "==", "->", "//", "#", "self.", "\t", "    ", "'s", "don't"]
+    lines = []
+    for _ in range(8000):
+        line = " ".join(rng.choice(words) if rng.random() < 0.8 else rng.choice(code) for _ in range(rng.randint(3, 15)))
+        lines.append(("    " if rng.random() < 0.2 else "") + line + (f" {rng.randint(0, 10**6)}" if rng.random() < 0.1 else ""))
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=2000, byte_fallback=True,
+        split_digits=True, allow_whitespace_only_pieces=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, user_defined_symbols=["<|user|>", "@@"],
+        control_symbols=["[INST]", "[/INST]"], hard_vocab_limit=False, num_threads=2, minloglevel=2)
+    return model.getvalue()
+
+
+def mistral_common_file(name: str) -> Path:
+    spec = importlib.util.find_spec("mistral_common")  # data files only; the package is not imported
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("mistral-common is not installed (it ships Mistral's tokenizer files)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / name
+
+
+def tekken_metadata(path: Path) -> dict:
+    """Mistral Nemo's vocabulary from tekken.json (tiktoken ranks) as a gpt2 GGUF vocabulary: 1000 control
+    tokens, then byte-level tokens; merges recovered from the ranks as HF's tiktoken converter does."""
+    data = json.loads(path.read_text())
+    n_special = data["config"]["default_num_special_tokens"]
+    ranks = {base64.b64decode(t["token_bytes"]): t["rank"]
+             for t in data["vocab"][:data["config"]["default_vocab_size"] - n_special]}
+    chars = _gpt2_chars()
+    text = {b: "".join(chars[x] for x in b) for b in ranks}
+    merges = []
+    for token, rank in ranks.items():
+        splits = [(ranks[token[:k]], ranks[token[k:]]) for k in range(1, len(token))
+                  if token[:k] in ranks and token[k:] in ranks]
+        merges += [(rank, a, b) for a, b in sorted(splits)]
+    by_rank = {r: b for b, r in ranks.items()}
+    merges.sort(key=lambda m: m[0])
+    specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "<pad>", "[PREFIX]", "[MIDDLE]", "[SUFFIX]"]
+    specials += [f"<SPECIAL_{i}>" for i in range(len(specials), n_special)]
+    return {
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "tekken",
+        "tokenizer.ggml.tokens": specials + [text[b] for b in sorted(ranks, key=ranks.get)],
+        "tokenizer.ggml.token_type": np.array([CONTROL] * n_special + [1] * len(ranks), np.int32),
+        "tokenizer.ggml.merges": [f"{text[by_rank[a]]} {text[by_rank[b]]}" for _, a, b in merges],
+        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": False,
+    }
+
+
+def _gpt2_chars() -> list[str]:
+    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in kept else chr(next(extra)) for b in range(256)]
+
+
+def smollm2_variant(md: dict, pre: str) -> dict:
+    """SmolLM2's vocabulary under another pre-tokenizer, some tokens made user-defined."""
+    md = dict(md, **{"tokenizer.ggml.pre": pre})
+    types = np.array(md["tokenizer.ggml.token_type"])
+    for text in ("<reponame>", "<filename>", "<|user|>", "@@", "Hello"):
+        if text in md["tokenizer.ggml.tokens"]:
+            types[md["tokenizer.ggml.tokens"].index(text)] = USER_DEFINED
+    md["tokenizer.ggml.token_type"] = types
+    return md
+
+
+class Vocab:
+    def __init__(self, path: Path):
+        self.path = path
+        self.tok = Tokenizer.from_metadata(read_metadata(path))
+        self.llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+
+    def oracle(self, text: str, add_bos=False, special=False) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=add_bos, special=special)
+
+
+@pytest.fixture(scope="session")
+def vocabs(tmp_path_factory, smollm2_path):
+    root, cache = tmp_path_factory.mktemp("vocabs"), {}
+
+    def get(name: str) -> Vocab:
+        if name not in cache:
+            if name == "smollm2":
+                path = smollm2_path
+            elif name.startswith("smollm2-"):
+                md = smollm2_variant(read_metadata(smollm2_path), name.split("-", 1)[1])
+                path = write_vocab_gguf(root / f"{name}.gguf", md)
+            elif name == "spm-trained":
+                path = write_vocab_gguf(root / "spm.gguf", spm_metadata(trained_spm()))
+            elif name.startswith("mistral-"):
+                model = mistral_common_file({"mistral-v1": "tokenizer.model.v1",
+                                             "mistral-v3": "mistral_instruct_tokenizer_240323.model.v3"}[name])
+                path = write_vocab_gguf(root / f"{name}.gguf", spm_metadata(model.read_bytes()))
+            elif name == "tekken":
+                path = write_vocab_gguf(root / "tekken.gguf", tekken_metadata(mistral_common_file("tekken_240718.json")))
+            cache[name] = Vocab(path)
+        return cache[name]
+
+    return get
+
+
+FAST = ["smollm2", "spm-trained", "mistral-v1", "mistral-v3"]
+VARIANTS = ["smollm2-default", "smollm2-gpt-2", "smollm2-llama-bpe", "smollm2-tekken", "smollm2-dbrx"]
+ALL = FAST + [pytest.param(v, marks=pytest.mark.slow) for v in VARIANTS + ["tekken"]]
+
+
+# -- tests --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL)
+def test_ids_match_llama_cpp(vocabs, name):
+    v = vocabs(name)
+    bad = [(s, special, add_bos) for s in STRINGS for special in (False, True) for add_bos in (False, True)
+           if (add_bos is False or len(s) < 8) and v.tok.encode(s, add_bos, special) != v.oracle(s, add_bos, special)]
+    assert not bad, f"{len(bad)} mismatches, first: {bad[:5]}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pieces_and_round_trip(vocabs, name):
+    v = vocabs(name)
+    for s in STRINGS:
+        for special in (False, True):
+            ids = v.oracle(s, special=special)
+            got = b"".join(v.tok.token_bytes(i, special) for i in ids)
+            assert got == v.llm.detokenize(ids, special=special), (s, ids)
+            # llama-cpp-python drops the SentencePiece leading space after BOS only; decode always does
+            with_bos = v.oracle(s, add_bos=True, special=special)
+            if v.llm.detokenize(with_bos, special=special) == s.encode() and not special:
+                assert v.tok.decode(v.tok.encode(s, add_bos=False)) == s
+                assert v.tok.decode(v.tok.encode(s, add_bos=True)) == s
+
+
+@pytest.mark.parametrize("name", ["smollm2", "spm-trained"])
+def test_stream_decoder(vocabs, name):
+    tok, rng = vocabs(name).tok, random.Random(2)
+    sequences = [tok.encode(s, special=True) for s in STRINGS]
+    bytes_ids = [i for i, t in enumerate(tok.types) if t == BYTE]  # SentencePiece: UTF-8 split over byte tokens
+    sequences += [[rng.choice(bytes_ids or range(tok.n_vocab)) for _ in range(12)] for _ in range(50)]
+    sequences += [[rng.randrange(tok.n_vocab) for _ in range(30)] for _ in range(50)]
+    for ids in sequences:
+        for special in (False, True):
+            stream = StreamDecoder(tok, special=special)
+            parts = [stream.push(i) for i in ids] + [stream.flush()]
+            assert "".join(parts) == tok.decode(ids, special=special)
+
+
+def test_stream_decoder_holds_partial_characters(vocabs):
+    tok = vocabs("spm-trained").tok
+    byte = {tok.tokens[i]: i for i, t in enumerate(tok.types) if t == BYTE}
+    ids = [byte[f"<0x{b:02X}>"] for b in "é😀".encode()]  # 2 + 4 bytes
+    stream = StreamDecoder(tok)
+    assert [stream.push(i) for i in ids] == ["", "é", "", "", "", "😀"]
+    assert stream.flush() == ""
+    stream = StreamDecoder(tok)
+    assert stream.push(ids[2]) == "" and stream.flush() == "\ufffd"  # a truncated character at the end
+    space = tok.encode(" Paris", add_bos=False)  # ["▁▁Paris"...]: one leading space is the prefix
+    assert "".join(StreamDecoder(tok).push(i) for i in space) == " Paris" == tok.decode(space)
+    assert "".join(StreamDecoder(tok, at_start=False).push(i) for i in space) == "  Paris"
+
+
+@pytest.mark.parametrize("name", FAST + ["smollm2-llama-bpe"])
+def test_special_ids_match_llama_cpp(vocabs, name):
+    v = vocabs(name)
+    vocab = v.llm._model.vocab
+    assert v.tok.n_vocab == llama_cpp.llama_vocab_n_tokens(vocab)
+    assert v.tok.bos_id == llama_cpp.llama_vocab_bos(vocab)
+    assert v.tok.eos_id == llama_cpp.llama_vocab_eos(vocab)
+    assert v.tok.add_bos == llama_cpp.llama_vocab_get_add_bos(vocab)
+    assert v.tok.eog_ids == {i for i in range(v.tok.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+    assert all(v.tok.is_eog(i) for i in v.tok.eog_ids)
+
+
+def test_smollm2_basics(vocabs):
+    tok = vocabs("smollm2").tok
+    assert tok.model == "gpt2" and tok.pre == "smollm" and tok.n_vocab == 49152 and not tok.add_bos
+    assert tok.encode("<|im_start|>user", special=True)[0] == 1
+    assert 1 not in tok.encode("<|im_start|>user", special=False)
+    assert tok.is_eog(2) and not tok.is_eog(1)
+    assert tok.decode(tok.encode("<|im_end|>", special=True)) == ""
+    assert tok.decode(tok.encode("<|im_end|>", special=True), special=True) == "<|im_end|>"
+
+
+def test_unsupported_models_raise():
+    with pytest.raises(ValueError, match="'bert'.*'llama'.*'gpt2'"):
+        Tokenizer.from_metadata({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
+    md = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen9", "tokenizer.ggml.tokens": ["a"],
+          "tokenizer.ggml.merges": []}
+    with pytest.raises(ValueError, match="'qwen9'.*llama-bpe.*smollm.*tekken"):
+        Tokenizer.from_metadata(md)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        Tokenizer.from_metadata(dict(md, **{"tokenizer.ggml.pre": "gpt-2"})).token_bytes(1)
