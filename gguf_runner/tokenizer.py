@@ -40,7 +40,6 @@ _FIM_TEXTS = {
     "rep": ["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
     "sep": ["<|file_sep|>"],
 }
-_ALWAYS_RENDERED = frozenset(["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"])  # gpt-oss
 
 
 class Tokenizer:
@@ -79,16 +78,15 @@ class Tokenizer:
         eog = {i for i in (self.eos_id, token_id("eot"), token_id("eom")) if i is not None}
         for kind, texts in _FIM_TEXTS.items():
             tid = token_id("fim_" + kind)
-            found = [self._ids[t] for t in texts if t in self._ids] if tid is None else []
-            for i in found:  # llama.cpp promotes the text it recognised to a control token
-                self.types[i] = CONTROL
-            if kind in ("pad", "rep", "sep"):
-                eog.update([tid] if tid is not None else found[:1])
+            if tid is None:  # llama.cpp recognises one by its text and makes it a control token
+                tid = next((self._ids[t] for t in texts if t in self._ids), None)
+                if tid is not None:
+                    self.types[tid] = CONTROL
+            if kind in ("pad", "rep", "sep") and tid is not None:
+                eog.add(tid)
         for t in _EOG_TEXTS & self._ids.keys():
             eog.add(self._ids[t])
             self.types[self._ids[t]] = CONTROL
-        for t in _ALWAYS_RENDERED & self._ids.keys():
-            self.types[self._ids[t]] = USER_DEFINED
         self.eog_ids = frozenset(eog)
         # special tokens, longest text first (llama.cpp sorts by byte length)
         special = [i for i, t in enumerate(self.types) if t in (CONTROL, USER_DEFINED, UNKNOWN)]
@@ -153,9 +151,9 @@ class Tokenizer:
                 piece = text.encode()
             elif kind == NORMAL:
                 piece = self._normal_bytes(text)
-            elif kind == BYTE:
+            elif kind == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text):
                 piece = bytes([int(text[3:5], 16)])
-            else:  # unused / undefined types render as nothing
+            else:  # unused and undefined types render as nothing
                 piece = b""
             self._pieces[id] = piece
         return piece
@@ -297,6 +295,8 @@ class _Collapse(dict):
             v = 0x0B  # matched by \s, as in llama.cpp
         else:
             v = ord(_CATEGORY_CHAR.get(unicodedata.category(chr(cp))[0], "\xd0"))
+        if len(self) > 1 << 16:  # a cache, kept small
+            self.clear()
         self[cp] = v
         return v
 
@@ -435,12 +435,6 @@ class BpeTokenizer(Tokenizer):
         return ids
 
     def _normal_bytes(self, text: str) -> bytes:
-        if all(c in _BYTE_DECODE for c in text):
-            return bytes(_BYTE_DECODE[c] for c in text)
-        out = b""  # llama.cpp's marker for characters outside the byte table
-        for c in text:
-            if c in _BYTE_DECODE:
-                out += bytes([_BYTE_DECODE[c]])
-            else:
-                out += b"[UNK_BYTE_0x" + c.encode().hex().encode() + text.encode() + b"]"
-        return out
+        # a character outside the byte table becomes llama.cpp's marker "[UNK_BYTE_0x<utf8 hex><token>]"
+        return b"".join(bytes([_BYTE_DECODE[c]]) if c in _BYTE_DECODE
+                        else f"[UNK_BYTE_0x{c.encode().hex()}{text}]".encode() for c in text)

@@ -182,3 +182,28 @@ def hf_logits(model, ids) -> np.ndarray:
     with torch.no_grad():
         out = model(torch.tensor(np.asarray(ids)[None], dtype=torch.long))
     return out.logits[0].double().numpy()
+
+
+def split_experts(src, dst) -> None:
+    """Rewrite a merged-expert GGUF (ffn_*_exps) in the pre-2024 per-expert layout (ffn_*.E), copying
+    the quantized blocks unchanged: current llama.cpp only loads the merged layout, so it runs the
+    merged file and we run this one on the very same weights."""
+    r = gguf.GGUFReader(str(src))
+    g = gguf.GGUFWriter(str(dst), r.fields["general.architecture"].contents())
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        g.add_key_value(name, f.contents(), f.types[0], sub_type=sub)
+    for t in r.tensors:
+        # t.data: the tensor's bytes (quantized) or values (float), experts on the first axis
+        if "_exps." not in t.name:
+            g.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+            continue
+        for e in range(t.data.shape[0]):
+            name = t.name.replace("_exps.weight", f".{e}.weight")
+            g.add_tensor(name, np.ascontiguousarray(t.data[e]), raw_dtype=t.tensor_type)
+    g.write_header_to_file()
+    g.write_kv_data_to_file()
+    g.write_tensors_to_file()
+    g.close()

@@ -1,5 +1,6 @@
 """Only the selected experts' pages are ever touched: after one token, the resident bytes of the
 file's mapping stay within the non-expert weights plus k experts per layer."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -38,9 +39,8 @@ def write_mixtral(path, merged=True):
     norm = np.ones(DIM, np.float32)
 
     def q4k(name, rows, cols, n=None):
-        data = random_q4_k(rng, rows * (n or 1), cols)
-        shape = (n, rows, cols) if n else (rows, cols)
-        g.add_tensor(name, data.reshape(*shape[:-1], -1), raw_shape=shape, raw_dtype=Q4_K)
+        data = random_q4_k(rng, rows * (n or 1), cols)              # (rows, bytes per row)
+        g.add_tensor(name, data.reshape(n, rows, -1) if n else data, raw_dtype=Q4_K)
 
     q4k("token_embd.weight", VOCAB, DIM)
     for i in range(LAYERS):
@@ -83,8 +83,21 @@ PROBE = textwrap.dedent("""
 """)
 
 
+def evict(path) -> None:
+    """Make the file look like a model on disk, not one just written: the page cache of a freshly
+    written file holds multi-MB folios that the kernel maps whole on first touch (seen on ext4,
+    Linux 6.18), which would measure the kernel's write path, not which pages we read."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def resident_after_one_token(path) -> int:
     # A fresh process, so nothing else has mapped the file; Numba's cache keeps it quick.
+    evict(path)
     out = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
