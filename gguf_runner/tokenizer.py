@@ -162,8 +162,9 @@ class Tokenizer:
         raise NotImplementedError
 
     def decode(self, ids, special: bool = False) -> str:
-        """Text of a whole sequence: the pieces joined; SentencePiece's leading space (the one encode
-        puts before the text) dropped, as llama_detokenize does. Invalid UTF-8 becomes U+FFFD."""
+        """Text of a whole sequence: the pieces joined, SentencePiece's leading space (the one encode puts
+        before the text) dropped whether or not a BOS comes first (llama_detokenize drops it only without
+        one, llama-cpp-python's detokenize only with one). Invalid UTF-8 becomes U+FFFD."""
         data = b"".join(self.token_bytes(int(i), special) for i in ids)
         if self.add_space_prefix and data[:1] == b" ":
             data = data[1:]
@@ -209,7 +210,7 @@ def _varint(n: int) -> bytes:
 
 
 def _field(number: int, value) -> bytes:
-    """One protobuf field: bytes -> length-delimited (wire type 2), float -> fixed32 (5), int -> varint (0)."""
+    """One protobuf field: bytes -> length-delimited (wire type 2), float -> fixed32 (5), int -> varint."""
     if isinstance(value, bytes):
         return _varint(number << 3 | 2) + _varint(len(value)) + value
     if isinstance(value, float):
@@ -258,7 +259,7 @@ class SpmTokenizer(Tokenizer):
         self._sp.LoadFromSerializedProto(spm_model_proto(pieces, scores, types, self._byte_fallback))
 
     def _encode_fragment(self, text: str) -> list[int]:
-        # llama.cpp puts a space before every text fragment (each one starts the text or follows a special token)
+        # llama.cpp puts a space before every fragment: each starts the text or follows a special token
         ids = self._sp.encode(" " + text if self.add_space_prefix else text)
         if not self._byte_fallback and self._unk in ids:  # llama.cpp would fail here too
             raise ValueError(f"text {text!r} needs byte tokens <0xNN> that this vocabulary lacks")
@@ -284,7 +285,8 @@ _BYTE_DECODE = {c: b for b, c in enumerate(_BYTE_CHARS)}
 # llama.cpp's collapsed text: ASCII stays; other code points become one placeholder per category
 _WHITESPACE = frozenset([0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000])
 _CATEGORY_CHAR = {"N": "\xd1", "L": "\xd2", "P": "\xd3", "M": "\xd4", "S": "\xd5"}  # anything else: \xd0
-_CATEGORY_ASCII = {"N": "0-9", "L": "A-Za-z", "P": r"!-#%-*,-/:-;?-@\[-\]_\{\}", "M": "", "S": r"\$\+<=>\^`\|~"}
+_CATEGORY_ASCII = {"N": "0-9", "L": "A-Za-z", "P": r"!-#%-*,-/:-;?-@\[-\]_\{\}", "M": "",
+                   "S": r"\$\+<=>\^`\|~"}
 
 
 class _Collapse(dict):
@@ -403,8 +405,7 @@ class BpeTokenizer(Tokenizer):
         if self._ignore_merges and word in self._ids:
             return [self._ids[word]]
         syms = list(word)  # one symbol per character; "" once merged into its left neighbour
-        nxt, prv = list(range(1, len(syms) + 1)), list(range(-1, len(syms) - 1))
-        nxt[-1] = -1
+        nxt, prv = [*range(1, len(syms)), -1], list(range(-1, len(syms) - 1))
         heap = []
 
         def push(a, b):
