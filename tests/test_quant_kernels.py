@@ -10,6 +10,7 @@ import numba
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader
 
 from quant import (SUPPORTED_TYPES, QuantizedTensor, UnsupportedTypeError, dequantize, get_rows,
                    matmul, matvec)
@@ -92,6 +93,25 @@ def test_matmul_in_several_tiles(monkeypatch):
     w = random_tensor(T.Q4_K, (N, K), seed=3)
     xs = np.random.default_rng(4).standard_normal((9, K)).astype(np.float32)
     assert_close(matmul(w, xs), xs.astype(np.float64) @ dequantize(w).astype(np.float64).T, "tiled")
+
+
+@pytest.mark.slow
+def test_real_tensors(smollm2_path, smollm2_q4km_path):
+    """One tensor of each type in the real files (llama.cpp's own scales and quants)."""
+    seen = set()
+    for path in (smollm2_path, smollm2_q4km_path):
+        for t in GGUFReader(path).tensors:
+            shape = tuple(int(n) for n in reversed(t.shape))
+            if len(shape) != 2 or t.tensor_type in seen or shape[0] * shape[1] > 2_000_000:
+                continue
+            seen.add(t.tensor_type)
+            raw = np.ascontiguousarray(t.data).view(np.uint8).reshape(shape[0], -1)
+            w = QuantizedTensor(t.name, t.tensor_type, shape, raw)
+            wf = dequantize(w).astype(np.float64)
+            xs = np.random.default_rng(0).standard_normal((3, shape[1])).astype(np.float32)
+            assert_close(matvec(w, xs[0]), wf @ xs[0], f"{t.name} matvec")
+            assert_close(matmul(w, xs), xs.astype(np.float64) @ wf.T, f"{t.name} matmul")
+    assert {T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K, T.Q8_0} <= seen, seen
 
 
 # --- zero copy: with an anonymous mmap, a page is resident only once something touched it ---

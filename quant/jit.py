@@ -1,0 +1,145 @@
+"""Numba flags, kernel signatures and scalar helpers shared by every format module.
+
+Each format module compiles two row kernels with the signatures below (`DOT_SIG`, `DEQUANT_SIG`);
+kernels.py passes them as first-class functions to a few parallel drivers, so each driver is
+compiled once and every kernel lands in Numba's on-disk cache (cache=True).
+Numba does not track dependencies across files: after editing this module (or a helper another
+format imports: q4_k.scale_min, q5_0.quants), delete quant/__pycache__/*.nbi so the kernels that
+inline it are rebuilt. A fresh install has fresh file times, so users are not affected.
+"""
+import os
+from functools import partial
+
+# GNU OpenMP (Numba's default threading layer on Linux) spins after each parallel region, fighting
+# OpenBLAS's threads in matmul (dequantize a tile, sgemm, repeat): 20 ms became 130-340 ms on 2
+# cores. Sleeping workers cost ~15 us more per launch. Read once, when libgomp loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.experimental.function_type import WrapperAddressProtocol  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
+
+# Exact IEEE float32 arithmetic (no reassociation, no fused multiply-add): dequantization must be
+# bit-identical to the numpy references.
+njit = partial(numba.njit, cache=True, nogil=True, error_model="numpy")
+# Dot products may reorder sums and fuse multiply-adds so LLVM can vectorize the reductions; the
+# order is still fixed at compile time, so results do not depend on the thread count.
+FASTMATH = {"reassoc", "contract"}
+njit_fast = partial(njit, fastmath=FASTMATH)
+# Drivers: one row per prange iteration, so each row is computed by a single thread.
+njit_parallel = partial(njit, parallel=True)
+
+ROW = types.Array(types.uint8, 1, "C", readonly=True)  # one quantized row: n_blocks * BYTES
+ROWS = types.Array(types.uint8, 2, "C", readonly=True)  # (N, n_blocks * BYTES)
+VEC = types.Array(types.float32, 1, "C", readonly=True)  # activations (K,)
+OUT = types.Array(types.float32, 1, "C")
+OUT2 = types.Array(types.float32, 2, "C")
+IDS = types.Array(types.int64, 1, "C", readonly=True)
+DOT_SIG = types.float64(ROW, VEC)  # dot(row, x) -> sum_k w[k] * x[k]
+DEQUANT_SIG = types.void(ROW, OUT)  # dequantize(row, out (K,))
+
+
+class FirstClass(WrapperAddressProtocol):
+    """A compiled kernel to pass as a first-class function argument. Passing the dispatcher itself
+    also works, but then Numba looks its address up again on every call (~40 us); this looks it up
+    once. Compiling loads from the on-disk cache when it can."""
+
+    def __init__(self, dispatcher, sig):
+        cres = dispatcher.get_compile_result(sig)
+        self._address = cres.library.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name)
+        self._dispatcher, self._sig = dispatcher, sig  # keep the compiled code alive
+
+    def __wrapper_address__(self) -> int:
+        return self._address
+
+    def signature(self):
+        return self._sig
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the parallel kernels (at most numba.config.NUMBA_NUM_THREADS)."""
+    numba.set_num_threads(n)
+
+
+@intrinsic
+def u32_as_f32(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as a float32 (no conversion)."""
+    def codegen(context, builder, sig, args):
+        i32 = cgutils.ir.IntType(32)
+        if bits.bitwidth > 32:
+            value = builder.trunc(args[0], i32)
+        elif bits.bitwidth < 32:
+            value = builder.zext(args[0], i32)
+        else:
+            value = args[0]
+        return builder.bitcast(value, cgutils.ir.FloatType())
+
+    if isinstance(bits, types.Integer):
+        return types.float32(bits), codegen
+    return None
+
+
+@intrinsic
+def f32_bits(typingctx, value):
+    """The bits of a float32 as a uint32 (no conversion)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], cgutils.ir.IntType(32))
+
+    if value == types.float32:
+        return types.uint32(value), codegen
+    return None
+
+
+@njit(inline="always")
+def f16_to_f32(h):
+    """IEEE half bits (0..65535) -> float32, exact for subnormals, inf and nan (payload kept).
+    Branch-free (selects), so loops over f16 values vectorize."""
+    em = numba.uint32(h) & 0x7FFF  # exponent and mantissa
+    subnormal = f32_bits(numba.float32(em) * numba.float32(2.0**-24))  # exact for em < 0x400
+    bits = (em << 13) + 0x38000000  # normal: move into place, rebias the exponent 15 -> 127
+    bits = subnormal if em < 0x400 else bits
+    bits = (em << 13) | 0x7F800000 if em >= 0x7C00 else bits  # inf / nan
+    return u32_as_f32(bits | (numba.uint32(h) & 0x8000) << 16)
+
+
+@intrinsic
+def half_to_f32(typingctx, bits):
+    """IEEE half bits -> float32 with the CPU's conversion (F16C vcvtph2ps on x86, vectorizable).
+    Exact, except that signalling nans come out quiet: use it in dot products, f16_to_f32 in
+    dequantization."""
+    def codegen(context, builder, sig, args):
+        i16 = builder.trunc(args[0], cgutils.ir.IntType(16)) if bits.bitwidth > 16 else args[0]
+        return builder.fpext(builder.bitcast(i16, cgutils.ir.HalfType()), cgutils.ir.FloatType())
+
+    if isinstance(bits, types.Integer) and bits.bitwidth >= 16:
+        return types.float32(bits), codegen
+    return None
+
+
+@njit(inline="always")
+def f16_at(buf, i):
+    """The little-endian float16 at buf[i:i+2] as float32."""
+    return f16_to_f32(numba.uint32(buf[i]) | (numba.uint32(buf[i + 1]) << 8))
+
+
+@njit(inline="always")
+def span(n, out, start):
+    """min(n, out.size - start), which is n for every full block. Dequantization loops use it as
+    their trip count: with a constant one LLVM unrolls the loop and then cannot vectorize it
+    (stores to out might alias the row); with this one it vectorizes behind a runtime alias check."""
+    return min(n, out.size - start)
+
+
+@njit(inline="always")
+def flush(lanes):
+    """Sum and zero per-position partial sums (dot products of small-block formats keep one f32
+    partial sum per position in a block for up to LANE_BLOCKS blocks, then add them in f64)."""
+    total = np.float64(lanes.sum())
+    lanes[:] = 0
+    return total
+
+
+LANE_BLOCKS = 8
