@@ -45,7 +45,7 @@ class KVCache:
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, n_ctx: int,
                  window: int | None, max_chunk: int):
-        self.n_ctx = n_ctx
+        self.n_ctx, self.window = n_ctx, window
         self.capacity = capacity(n_ctx, window, max_chunk)
         self.layers = [LayerCache(n_kv_heads, head_dim, self.capacity) for _ in range(n_layers)]
         self.offset = 0
@@ -63,6 +63,17 @@ class KVCache:
         pos = np.arange(self.offset, self.offset + n_tokens, dtype=np.int64)
         self.offset += n_tokens
         return pos
+
+    def truncate(self, n: int) -> bool:
+        """Forget positions >= n, if every key position n will attend to is still stored."""
+        first_needed = 0 if self.window is None else max(0, n - self.window + 1)
+        first_stored = max(0, self.offset - self.capacity)
+        if n > self.offset or (n > 0 and first_stored > first_needed):
+            return False
+        for c in self.layers:
+            c.pos[c.pos >= n] = EMPTY
+        self.offset = n
+        return True
 
     def nbytes(self) -> int:
         return sum(c.k.nbytes + c.v.nbytes for c in self.layers)

@@ -10,9 +10,12 @@ import quant
 
 from .args import ModelArgs, ModelError
 from .cache import ContextFullError, KVCache
+from .compat import chat_completion, completion
+from .generate import Stream, stream_tokens
 from .gguf_file import GGUFFile
 from .model import Transformer
 from .registry import resolve
+from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 from .weights import Weights
 
@@ -22,8 +25,9 @@ class Model:
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, n_threads: int | None = None,
                  sliding_window: int | str | None = "auto", fallback_window: int | None = None,
-                 n_batch: int = 256, vocab_only: bool = False):
+                 n_batch: int = 256, vocab_only: bool = False, chat_template_name: str | None = None):
         self.path = Path(path)
+        self.chat_template_name = chat_template_name   # models.yaml's, for files without a template
         self.file = GGUFFile(self.path)
         self.metadata = self.file.metadata
         self.tokenizer = Tokenizer.from_metadata(self.metadata)
@@ -82,6 +86,22 @@ class Model:
             self.tokens.extend(int(t) for t in chunk)
         return np.concatenate(outs) if all_logits else outs[-1][-1]
 
+    def prefill(self, ids) -> tuple[np.ndarray, int]:
+        """Bring the state to exactly `ids`, reusing the longest common prefix already in the cache.
+        Returns the last token's logits and how many tokens were evaluated."""
+        ids = [int(t) for t in ids]
+        common = 0
+        for a, b in zip(self.tokens, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)          # the last token is re-run for its logits
+        if not self.cache.truncate(common):
+            self.reset()
+            common = 0
+        del self.tokens[common:]
+        return self.eval(ids[common:]), len(ids) - common
+
     def logits(self, ids) -> np.ndarray:
         """float32 (len(ids), n_vocab) logits of every position, from a fresh state."""
         self.reset()
@@ -97,6 +117,46 @@ class Model:
         if len(bad):
             raise ValueError(f"token id {int(bad[0])} out of range 0..{self.args.n_vocab - 1}")
         return ids
+
+    # --- text in, text out ---
+    def generate(self, prompt, *, max_tokens: int | None = 256, stop=None, stream: bool = False,
+                 ignore_eos: bool = False, **sampling):
+        """prompt: text (special tokens recognised, BOS as the vocabulary says) or token ids.
+        sampling: SamplingParams fields (temperature, top_k, top_p, min_p, typical_p, repeat_penalty,
+        frequency_penalty, presence_penalty, penalty_last_n, logit_bias, seed).
+        Returns a Completion, or with stream=True a Stream of text pieces."""
+        ids = self.tokenize(prompt, add_bos=True, special=True) if isinstance(prompt, str) else list(prompt)
+        stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
+        gen = Stream(stream_tokens(self, ids, SamplingParams(**sampling), max_tokens, stops, ignore_eos))
+        if stream:
+            return gen
+        for _ in gen:
+            pass
+        return gen.completion
+
+    def chat(self, messages: list[dict], *, chat_template: str | None = None, **kw):
+        """Render messages with the file's chat template (or a named / given one), then generate."""
+        prompt = self.render_chat(messages, chat_template)
+        bos = self.tokenizer.tokens[self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else None
+        ids = self.tokenize(prompt, add_bos=not (bos and prompt.startswith(bos)), special=True)
+        return self.generate(ids, **kw)
+
+    def render_chat(self, messages: list[dict], chat_template: str | None = None,
+                    add_generation_prompt: bool = True) -> str:
+        from .chat import render, resolve_template   # jinja2 loads only when a chat is rendered
+
+        t = self.tokenizer
+        name = lambda i: t.tokens[i] if i is not None else ""  # noqa: E731
+        template = resolve_template(chat_template, self.metadata, self.chat_template_name)
+        return render(template, messages, bos_token=name(t.bos_id), eos_token=name(t.eos_id),
+                      add_generation_prompt=add_generation_prompt)
+
+    def create_completion(self, prompt, **kw):
+        """llama-cpp-python's Llama.create_completion: an OpenAI-shaped dict (or chunks if stream)."""
+        return completion(self, prompt, **kw)
+
+    def create_chat_completion(self, messages: list[dict], **kw):
+        return chat_completion(self, messages, **kw)
 
     def close(self) -> None:
         self.file.close()
@@ -115,4 +175,5 @@ def load(model: str | os.PathLike, *, n_ctx: int | None = None, n_threads: int |
     path, entry = resolve(model)
     return Model(path, n_ctx=n_ctx, n_threads=n_threads, sliding_window=sliding_window,
                  fallback_window=entry.get("sliding_window") if entry else None,
-                 n_batch=n_batch, vocab_only=vocab_only)
+                 n_batch=n_batch, vocab_only=vocab_only,
+                 chat_template_name=entry.get("chat_template") if entry else None)
