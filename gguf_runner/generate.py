@@ -55,7 +55,13 @@ def held_back(text: str, stops: list[str]) -> int:
 
 def stream_tokens(model, prompt_ids: list[int], params: SamplingParams, max_tokens: int | None,
                   stop: list[str], ignore_eos: bool) -> Iterator[str]:
-    """Yields text pieces; returns (StopIteration.value) the Completion."""
+    """Yields text pieces; returns (StopIteration.value) the Completion. Holds the model for its whole
+    life, so another thread cannot interleave with a half-finished generation."""
+    with model.in_use():
+        return (yield from _generate(model, prompt_ids, params, max_tokens, stop, ignore_eos))
+
+
+def _generate(model, prompt_ids, params, max_tokens, stop, ignore_eos):
     t0 = time.perf_counter()
     timings = Timings()
     if len(prompt_ids) == 0:

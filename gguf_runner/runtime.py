@@ -1,7 +1,10 @@
 """The Python API: load(model) -> Model, a stateful runner over one mapped GGUF file."""
 from __future__ import annotations
 
+import functools
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +23,29 @@ from .tokenizer import Tokenizer
 from .weights import Weights
 
 
+class BusyError(RuntimeError):
+    """The model's state is in use by another thread."""
+
+
+def exclusive(method):
+    """Run under the model's lock; a second thread is refused, not queued or interleaved."""
+    @functools.wraps(method)
+    def run(self, *args, **kw):
+        with self.in_use():
+            return method(self, *args, **kw)
+    return run
+
+
 class Model:
-    """A loaded model and its running state (the KV cache and the tokens consumed so far)."""
+    """A loaded model and its running state (the KV cache and the tokens consumed so far).
+    One thread at a time: a call while another thread is evaluating or generating raises BusyError
+    (use one Model per thread; the weights mapping is shared by the OS page cache)."""
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, n_threads: int | None = None,
                  sliding_window: int | str | None = "auto", fallback_window: int | None = None,
                  n_batch: int = 256, vocab_only: bool = False, chat_template_name: str | None = None):
         self.path = Path(path)
+        self._lock = threading.RLock()
         self.chat_template_name = chat_template_name   # models.yaml's, for files without a template
         self.file = GGUFFile(self.path)
         self.metadata = self.file.metadata
@@ -62,6 +81,16 @@ class Model:
         return self.tokenizer.decode(ids)
 
     # --- state ---
+    @contextmanager
+    def in_use(self):
+        if not self._lock.acquire(blocking=False):
+            raise BusyError("this Model is busy in another thread; use one Model per thread")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @exclusive
     def reset(self) -> None:
         a = self.args
         self.cache = KVCache(a.n_layers, a.n_kv_heads, a.head_dim, self.n_ctx, a.sliding_window, self.n_batch)
@@ -71,6 +100,7 @@ class Model:
     def n_past(self) -> int:
         return self.cache.offset
 
+    @exclusive
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Feed ids after the current state, in chunks of n_batch. Returns float32 logits (len(ids), V)
         if all_logits, else the last token's (V,)."""
@@ -86,6 +116,7 @@ class Model:
             self.tokens.extend(int(t) for t in chunk)
         return np.concatenate(outs) if all_logits else outs[-1][-1]
 
+    @exclusive
     def prefill(self, ids) -> tuple[np.ndarray, int]:
         """Bring the state to exactly `ids`, reusing the longest common prefix already in the cache.
         Returns the last token's logits and how many tokens were evaluated."""
@@ -102,6 +133,7 @@ class Model:
         del self.tokens[common:]
         return self.eval(ids[common:]), len(ids) - common
 
+    @exclusive
     def logits(self, ids) -> np.ndarray:
         """float32 (len(ids), n_vocab) logits of every position, from a fresh state."""
         self.reset()

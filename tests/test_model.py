@@ -73,3 +73,20 @@ def test_context_full_is_a_clear_error(tiny_gguf):
     m = gguf_runner.load(tiny_gguf(MISTRAL), n_ctx=16)
     with pytest.raises(ValueError, match="context full"):
         m.eval(ids_for(MISTRAL, 17))
+
+
+def test_a_second_thread_is_refused_while_generating(tiny_gguf):
+    import threading
+
+    from gguf_runner.runtime import BusyError
+    m = gguf_runner.load(tiny_gguf(MISTRAL))
+    stream = m.generate([5, 6, 7], max_tokens=8, temperature=0, stream=True, ignore_eos=True)
+    next(stream)                                   # generation under way, holding the model
+    errors = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(BusyError, m.eval, [3])))
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "busy" in str(errors[0].value)   # pytest.raises failed in the thread otherwise
+    list(stream)                                   # the first thread finishes undisturbed
+    assert stream.completion.finish_reason == "length" and len(stream.completion.tokens) == 8
+    m.eval([3])                                    # and the model is free again
