@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/gguf-runner run
+	$(VENV)/bin/gguf-runner run --chat -p "What is the capital of France? Answer in one sentence."
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra

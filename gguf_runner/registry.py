@@ -64,3 +64,49 @@ def resolve(model: str | os.PathLike) -> tuple[Path, dict | None]:
         raise RegistryError(f"unknown model {str(model)!r}: not a file, and not one of: {', '.join(reg['models'])}")
     by_file = {e.get("file"): e for e in reg["models"].values() if isinstance(e, dict)}
     return path, by_file.get(path.name)
+
+
+def default_name() -> str:
+    """The model `-m` falls back to: models.yaml's `default:`."""
+    name = registry().get("default")
+    if not name:
+        raise RegistryError("no model given (-m) and models.yaml has no 'default:'")
+    return str(name)
+
+
+def run_defaults(entry: dict | None) -> dict:
+    """models.yaml's `defaults:` block overlaid with the entry's `sampling:` block: context_length,
+    max_tokens and SamplingParams fields (temperature, top_k, ...). Flags overlay this."""
+    sampling = (entry or {}).get("sampling") or {}
+    if not isinstance(sampling, dict):
+        raise RegistryError(f"models.yaml: 'sampling:' must be a mapping, got {sampling!r}")
+    return {**registry()["defaults"], **sampling}
+
+
+def settings(entry: dict | None, flags: dict) -> tuple[int | None, dict]:
+    """(n_ctx, generate() keyword arguments) from run_defaults(entry) overlaid with flags (None: not
+    given). Keys: context_length, max_tokens, stop, ignore_eos and SamplingParams fields."""
+    from dataclasses import fields
+
+    from .sampling import SamplingParams
+
+    merged = {**run_defaults(entry), **{k: v for k, v in flags.items() if v is not None}}
+    n_ctx = merged.pop("context_length", None)
+    unknown = set(merged) - {"max_tokens", "stop", "ignore_eos"} - {f.name for f in fields(SamplingParams)}
+    if unknown:
+        raise RegistryError(f"models.yaml: unknown setting(s) {', '.join(sorted(unknown))}")
+    return n_ctx, merged
+
+
+def listing() -> list[dict]:
+    """Every entry (shipped merged with the user's): name, file, path, present, url, default."""
+    reg, user = registry(), _read(USER).get("models", {})
+    rows = []
+    for name, entry in reg["models"].items():
+        entry = entry if isinstance(entry, dict) else {}
+        path = entry_path(entry) if entry.get("file") else None
+        rows.append({"name": name, "file": entry.get("file"), "path": str(path) if path else None,
+                     "present": bool(path and path.is_file()), "url": entry.get("url"),
+                     "package": entry.get("package"), "source": "user" if name in user else "shipped",
+                     "default": name == reg["default"]})
+    return rows
