@@ -264,7 +264,6 @@ class GGUFFile:
 
     def _read_tensor_info(self, cur: _Cursor, i: int) -> TensorInfo:
         """One tensor info; `offset` is still relative to the data section here."""
-        at = cur.pos
         name = cur.string(f"tensor #{i} name", strict=True)
         what = f"tensor {_q(name)}"
         n_dims = cur.u32(f"{what} n_dims")
