@@ -17,6 +17,8 @@ import re
 import struct
 import unicodedata
 
+import numpy as np
+
 import sentencepiece
 
 # gguf.TokenType; sentencepiece's piece types use the same numbers
@@ -59,8 +61,19 @@ class Tokenizer:
                          f"(SentencePiece BPE) and 'gpt2' (byte-level BPE)")
 
     def __init__(self, md: dict, default_bos: int | None, default_eos: int | None, add_bos: bool):
-        tokens = list(md["tokenizer.ggml.tokens"])
+        tokens = md.get("tokenizer.ggml.tokens")
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+            raise ValueError("tokenizer.ggml.tokens must be a non-empty array of strings")
         n = len(tokens)
+        for key, kind in (("scores", "f"), ("token_type", "iu")):
+            value = md.get(f"tokenizer.ggml.{key}")
+            if value is not None and not (isinstance(value, np.ndarray) and value.dtype.kind in kind
+                                          and value.shape == (n,)):
+                raise ValueError(f"tokenizer.ggml.{key} must be a numeric array of {n} entries, one per token")
+        for key in ("bos", "eos", "eot", "eom", "unknown", "padding"):
+            value = md.get(f"tokenizer.ggml.{key}_token_id")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise ValueError(f"tokenizer.ggml.{key}_token_id must be an integer, got {value!r}"[:200])
         self.tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # llama.cpp renames empty tokens
         types = md.get("tokenizer.ggml.token_type")
         self.types = [NORMAL] * n if types is None else [int(t) for t in list(types)[:n]]
@@ -246,7 +259,8 @@ class SpmTokenizer(Tokenizer):
         scores = [0.0] * self.n_vocab if scores is None else [float(s) for s in list(scores)[:self.n_vocab]]
         is_byte = [k == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t) is not None
                    for k, t in zip(self.types, self.tokens)]
-        types = [BYTE if b else NORMAL for b in is_byte]
+        self._byte_fallback = sum(is_byte) == 256
+        types = [BYTE if b and self._byte_fallback else NORMAL for b in is_byte]
         pieces = list(self.tokens)
         self._unk = next((i for i, k in enumerate(self.types) if k == UNKNOWN), None)
         if self._unk is None:  # sentencepiece needs one unknown piece; this one is never produced
@@ -254,9 +268,11 @@ class SpmTokenizer(Tokenizer):
             pieces, scores = pieces + [f"<unk:{len(pieces)}>"], scores + [0.0]
             types.append(UNKNOWN)
         types[self._unk] = UNKNOWN
-        self._byte_fallback = sum(is_byte) == 256
         self._sp = sentencepiece.SentencePieceProcessor()
-        self._sp.LoadFromSerializedProto(spm_model_proto(pieces, scores, types, self._byte_fallback))
+        try:
+            self._sp.LoadFromSerializedProto(spm_model_proto(pieces, scores, types, self._byte_fallback))
+        except RuntimeError as e:   # e.g. a piece defined twice
+            raise ValueError(f"bad SentencePiece vocabulary: {str(e).splitlines()[0]}") from None
 
     def _encode_fragment(self, text: str) -> list[int]:
         # llama.cpp puts a space before every fragment: each starts the text or follows a special token
@@ -357,14 +373,15 @@ class BpeTokenizer(Tokenizer):
     def __init__(self, md: dict):
         super().__init__(md, default_bos=11, default_eos=11, add_bos=False)  # llama.cpp's gpt2 defaults
         self.pre = md.get("tokenizer.ggml.pre", "")
-        if self.pre not in _PRE:
+        if not isinstance(self.pre, str) or self.pre not in _PRE:
             raise ValueError(f"unsupported tokenizer.ggml.pre {self.pre!r} for a gpt2 tokenizer: "
                              f"supported are {', '.join(sorted(n for n in _PRE if n))}")
         regexes, self._ignore_merges, add_bos = _PRE[self.pre]
         self.add_bos = bool(md.get("tokenizer.ggml.add_bos_token", add_bos))
         self._regexes = [_compile(r) for r in regexes]
-        if "tokenizer.ggml.merges" not in md:
-            raise ValueError("gpt2 tokenizer without tokenizer.ggml.merges")
+        merges = md.get("tokenizer.ggml.merges")
+        if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+            raise ValueError("a gpt2 tokenizer needs tokenizer.ggml.merges, an array of strings")
         self._ranks: dict[tuple[str, str], int] = {}
         for rank, merge in enumerate(md["tokenizer.ggml.merges"]):
             cut = merge.find(" ", 1)
