@@ -5,7 +5,8 @@
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from .jit import njit, njit_fast, u32_as_f32
+from .fit import put_f16
+from .jit import f32_bits, njit, njit_fast, u32_as_f32
 
 TYPE = GGMLQuantizationType.BF16
 BLOCK = 1
@@ -34,3 +35,20 @@ def dot_row(row, x):
             s += u32_as_f32(np.uint32(h[i]) << 16) * x[i]
         acc += s
     return acc
+
+
+def quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """(n, 1) float32 -> (n, 2) uint8: round to nearest even; nans stay nans, made quiet
+    (ggml_fp32_to_bf16_row_ref)."""
+    u = x[:, 0].view(np.uint32).astype(np.uint64)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    bits = np.where((u & 0x7FFFFFFF) > 0x7F800000, (u >> 16) | 64, rounded)
+    return bits.astype(np.uint16).view(np.uint8).reshape(-1, 2)
+
+
+@njit
+def quantize_row(x, out):
+    for i in range(x.size):
+        u = np.int64(f32_bits(x[i]))
+        bits = (u >> 16) | 64 if (u & 0x7FFFFFFF) > 0x7F800000 else (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        put_f16(out, 2 * i, bits)

@@ -5,6 +5,7 @@
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from .fit import f16_bits, f16_bits_np, put_f16
 from .jit import f16_to_f32, half_to_f32, njit, njit_fast
 
 TYPE = GGMLQuantizationType.F16
@@ -34,3 +35,14 @@ def dot_row(row, x):
             s += half_to_f32(h[i]) * x[i]
         acc += s
     return acc
+
+
+def quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """(n, 1) float32 -> (n, 2) uint8: round to nearest even (ggml_fp32_to_fp16_row)."""
+    return f16_bits_np(x[:, 0]).view(np.uint8).reshape(-1, 2)
+
+
+@njit
+def quantize_row(x, out):
+    for i in range(x.size):
+        put_f16(out, 2 * i, f16_bits(x[i]))

@@ -34,3 +34,13 @@ def dot_row(row, x):
             s += w[i] * x[i]
         acc += s
     return acc
+
+
+def quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """(n, 1) float32 -> (n, 4) uint8 (a copy)."""
+    return np.ascontiguousarray(x, np.float32).view(np.uint8).reshape(-1, 4)
+
+
+@njit
+def quantize_row(x, out):
+    out.view(np.float32)[:] = x

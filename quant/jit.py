@@ -1,11 +1,12 @@
 """Numba flags, kernel signatures and scalar helpers shared by every format module.
 
-Each format module compiles two row kernels with the signatures below (`DOT_SIG`, `DEQUANT_SIG`);
-kernels.py passes them as first-class functions to a few parallel drivers, so each driver is
-compiled once and every kernel lands in Numba's on-disk cache (cache=True).
+Each format module compiles row kernels with the signatures below (`DOT_SIG`, `DEQUANT_SIG`, and
+`QUANT_SIG` for quantize.py); kernels.py passes them as first-class functions to a few parallel
+drivers, so each driver is compiled once and every kernel lands in Numba's on-disk cache (cache=True).
 Numba does not track dependencies across files: after editing this module (or a helper another
-format imports: q4_k.scale_min, q5_0.quants), delete quant/__pycache__/*.nbi so the kernels that
-inline it are rebuilt. A fresh install has fresh file times, so users are not affected.
+format imports: q4_k.scale_min, q4_k.fit_row, q5_0.quants, anything in fit.py), delete
+quant/__pycache__/*.nbi so the kernels that inline it are rebuilt. A fresh install has fresh file
+times, so users are not affected.
 """
 import os
 from functools import partial
@@ -40,6 +41,13 @@ OUT2 = types.Array(types.float32, 2, "C")
 IDS = types.Array(types.int64, 1, "C", readonly=True)
 DOT_SIG = types.float64(ROW, VEC)  # dot(row, x) -> sum_k w[k] * x[k]
 DEQUANT_SIG = types.void(ROW, OUT)  # dequantize(row, out (K,))
+# Integer decode kernels (intdot.py): dot(row, xd (K/256,) f32, q16 (K,) i16, hi (K,) i8, lo (K,) i8,
+# bsums (K/16,) i32) -> sum_k w[k] * x[k], x given quantized by activations.py
+DOT16_SIG = types.float64(ROW, VEC, types.Array(types.int16, 1, "C", readonly=True),
+                          types.Array(types.int8, 1, "C", readonly=True), types.Array(types.int8, 1, "C", readonly=True),
+                          types.Array(types.int32, 1, "C", readonly=True))
+# ... and for T tokens at once (prefill): the same arrays with a leading T axis, out (T,)
+DOTS16_SIG = types.void(ROW, *(types.Array(a.dtype, 2, "C", readonly=True) for a in DOT16_SIG.args[1:]), OUT)
 
 
 class FirstClass(WrapperAddressProtocol):
@@ -143,3 +151,4 @@ def flush(lanes):
 
 
 LANE_BLOCKS = 8
+QUANT_SIG = types.void(VEC, types.Array(types.uint8, 1, "C"))  # quantize(row (K,), out (K // BLOCK * BYTES,))

@@ -10,8 +10,13 @@ from functools import cache
 import numpy as np
 from numba import prange, types
 
+from gguf import GGMLQuantizationType as T
+
+from . import intdot
+from .activations import quantize_activations
 from .formats import FORMATS
-from .jit import DEQUANT_SIG, DOT_SIG, IDS, OUT, OUT2, ROWS, VEC, FirstClass, njit_parallel
+from .jit import DEQUANT_SIG, DOT16_SIG, DOT_SIG, DOTS16_SIG, IDS, OUT, OUT2, ROWS, VEC, FirstClass, njit_parallel
+from .simd import HAS_AVX2
 from .tensor import QuantizedTensor
 
 TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 4 MB
@@ -27,6 +32,33 @@ def _dot_rows(dot_row, rows, x, out):
 def _dequantize_rows(dequantize_row, rows, ids, out):
     for i in prange(ids.size):
         dequantize_row(rows[ids[i]], out[i])
+
+
+@njit_parallel(types.void(types.FunctionType(DOT16_SIG), ROWS, *DOT16_SIG.args[1:], OUT))
+def _dot16_rows(dot, rows, xd, q16, hi, lo, bsums, out):
+    for r in prange(rows.shape[0]):
+        out[r] = dot(rows[r], xd, q16, hi, lo, bsums)
+
+
+@njit_parallel(types.void(types.FunctionType(DOTS16_SIG), ROWS, *DOTS16_SIG.args[1:-1], OUT2))
+def _dots16_rows(dots, rows, xd, q16, hi, lo, bsums, out):  # out (N, T)
+    for r in prange(rows.shape[0]):
+        dots(rows[r], xd, q16, hi, lo, bsums, out[r])
+
+
+# Decode path of types with integer kernels (intdot.py): "avx2" or "portable", chosen once here from
+# the CPU's features; tests switch it to check that both paths agree.
+INT_PATH = "avx2" if HAS_AVX2 else "portable"
+_INT_KERNELS = {T.Q4_K: (intdot.dot_q4_k, intdot.dot_q4_k_avx2, intdot.dots_q4_k, intdot.dots_q4_k_avx2),
+                T.Q6_K: (intdot.dot_q6_k, intdot.dot_q6_k_avx2, intdot.dots_q6_k, intdot.dots_q6_k_avx2)}
+INT_MATMUL_MAX_T = 16  # prefill of Q4_K / Q6_K: integer kernels up to this many tokens, dequantize + BLAS above (faster from ~32)
+TILE_BYTES = 1 << 17  # prefill: a tile of tokens whose 16-bit activations fit in L2 meets each weight row
+
+
+@cache
+def _int_kernel(ggml_type: int, path: str, many: bool = False):
+    kernels = _INT_KERNELS[ggml_type]
+    return FirstClass(kernels[2 * many + (path == "avx2")], DOTS16_SIG if many else DOT16_SIG)
 
 
 @cache
@@ -50,22 +82,29 @@ def _activations(x: np.ndarray, k: int, ndim: int, op: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def matvec(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
-    """w (N, K) @ x (K,) -> float32 (N,): one fused dequantize-and-dot per row, rows in parallel."""
+def matvec(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray:
+    """w (N, K) @ x (K,) -> float32 (N,): one fused dequantize-and-dot per row, rows in parallel.
+    Q4_K and Q6_K rows take integer dot products against x quantized to 16 bits per 256-block
+    (relative error ~3e-5, activations.py) unless exact: then float32 weights times float32 x."""
     n, k = _matrix(w, "matvec")
     x = _activations(x, k, 1, "matvec")
     out = np.empty(n, np.float32)
-    _dot_rows(_kernels(w.ggml_type)[0], w.data, x, out)
+    if not exact and w.ggml_type in _INT_KERNELS:
+        _dot16_rows(_int_kernel(w.ggml_type, INT_PATH), w.data, *quantize_activations(x), out)
+    else:
+        _dot_rows(_kernels(w.ggml_type)[0], w.data, x, out)
     return out
 
 
-def matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
+def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray:
     """x (T, K) @ w.T -> float32 (T, N). Rows of w are dequantized a tile at a time (in parallel)
-    and multiplied by BLAS, so each dequantized weight serves all T tokens."""
+    and multiplied by BLAS, so each dequantized weight serves all T tokens. T == 1 is matvec."""
     n, k = _matrix(w, "matmul")
     x = _activations(x, k, 2, "matmul")
     if x.shape[0] == 1:
-        return matvec(w, x[0])[None, :]
+        return matvec(w, x[0], exact)[None, :]
+    if not exact and w.ggml_type in _INT_KERNELS and x.shape[0] <= INT_MATMUL_MAX_T:
+        return _int_matmul(w, x)
     dequantize_row = _kernels(w.ggml_type)[1]
     out = np.empty((x.shape[0], n), np.float32)
     step = max(1, min(n, TILE_FLOATS // max(k, 1)))
@@ -74,6 +113,21 @@ def matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
         ids = np.arange(r0, min(n, r0 + step), dtype=np.int64)
         _dequantize_rows(dequantize_row, w.data, ids, tile)
         out[:, r0:r0 + ids.size] = x @ tile[:ids.size].T
+    return out
+
+
+def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
+    """Integer dot products for a tile of tokens at a time, each weight row read once per tile."""
+    acts = quantize_activations(x)
+    dots = _int_kernel(w.ggml_type, INT_PATH, True)
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    tile = max(8, TILE_BYTES // (2 * x.shape[1]) // 8 * 8)
+    part = np.empty((w.shape[0], min(tile, x.shape[0])), np.float32)  # (N, tile)
+    for t0 in range(0, x.shape[0], tile):
+        t1 = min(x.shape[0], t0 + tile)
+        p = part[:, :t1 - t0] if t1 - t0 == part.shape[1] else np.empty((w.shape[0], t1 - t0), np.float32)
+        _dots16_rows(dots, w.data, *(a[t0:t1] for a in acts), p)
+        out[t0:t1] = p.T
     return out
 
 

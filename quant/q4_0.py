@@ -6,6 +6,8 @@ weight[i] = d * (q[i] - 8)
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from .fit import (f16_bits, f16_bits_np, inverse, pack_nibbles, put_f16, put_nibbles, signed_absmax,
+                  signed_absmax_np, trunc_int)
 from .jit import LANE_BLOCKS, f16_at, flush, njit, njit_fast, span
 
 TYPE = GGMLQuantizationType.Q4_0
@@ -52,3 +54,26 @@ def dot_row(row, x):
         if b % LANE_BLOCKS == LANE_BLOCKS - 1 or b == n - 1:
             acc += flush(lanes)
     return acc
+
+
+# --- quantization (ggml's quantize_row_q4_0_ref): d = -(value of largest magnitude) / 8,
+# q = min(15, int(x / d + 8.5)) with C's truncation.
+
+def quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """(n, 32) float32 -> (n, 18) uint8."""
+    d = signed_absmax_np(x) / np.float32(-8)
+    q = np.minimum(15, trunc_int(x * inverse(d)[:, None] + np.float32(8.5)))
+    return np.concatenate([f16_bits_np(d).view(np.uint8).reshape(-1, 2), pack_nibbles(q)], axis=1)
+
+
+@njit
+def quantize_row(x, out):
+    for b in range(x.size // BLOCK):
+        o, y = b * BYTES, b * BLOCK
+        d = signed_absmax(x, y) / np.float32(-8)
+        inv = np.float32(1) / d if d != 0 else np.float32(0)
+        put_f16(out, o, f16_bits(d))
+        for j in range(16):
+            q0 = min(15, np.int32(x[y + j] * inv + np.float32(8.5)))
+            q1 = min(15, np.int32(x[y + 16 + j] * inv + np.float32(8.5)))
+            put_nibbles(out, o + 2, q0, q1, j)

@@ -6,6 +6,7 @@ weight[i] = d * q[i] + m
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from .fit import f16_bits, f16_bits_np, inverse, min_max, min_max_np, pack_nibbles, put_f16, put_nibbles, trunc_int
 from .jit import LANE_BLOCKS, f16_at, flush, njit, njit_fast, span
 
 TYPE = GGMLQuantizationType.Q4_1
@@ -52,3 +53,30 @@ def dot_row(row, x):
         if b % LANE_BLOCKS == LANE_BLOCKS - 1 or b == n - 1:
             acc += flush(lanes)
     return acc
+
+
+# --- quantization (ggml's quantize_row_q4_1_ref): m = min, d = (max - min) / 15,
+# q = min(15, int((x - m) / d + 0.5)) with C's truncation.
+
+def quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """(n, 32) float32 -> (n, 20) uint8."""
+    vmin, vmax = min_max_np(x)
+    d = (vmax - vmin) / np.float32(15)
+    q = np.minimum(15, trunc_int((x - vmin[:, None]) * inverse(d)[:, None] + np.float32(0.5)))
+    head = np.stack([f16_bits_np(d), f16_bits_np(vmin)], axis=1).view(np.uint8)
+    return np.concatenate([head, pack_nibbles(q)], axis=1)
+
+
+@njit
+def quantize_row(x, out):
+    for b in range(x.size // BLOCK):
+        o, y = b * BYTES, b * BLOCK
+        vmin, vmax = min_max(x, y)
+        d = (vmax - vmin) / np.float32(15)
+        inv = np.float32(1) / d if d != 0 else np.float32(0)
+        put_f16(out, o, f16_bits(d))
+        put_f16(out, o + 2, f16_bits(vmin))
+        for j in range(16):
+            q0 = min(15, np.int32((x[y + j] - vmin) * inv + np.float32(0.5)))
+            q1 = min(15, np.int32((x[y + 16 + j] - vmin) * inv + np.float32(0.5)))
+            put_nibbles(out, o + 4, q0, q1, j)

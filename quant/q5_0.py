@@ -7,6 +7,8 @@ weight[i] = d * (q[i] - 16)
 import numpy as np
 from gguf import GGMLQuantizationType
 
+from .fit import (f16_bits, f16_bits_np, inverse, pack_high_bits, pack_nibbles, put_f16, put_nibbles, put_u32,
+                  signed_absmax, signed_absmax_np, trunc_int)
 from .jit import LANE_BLOCKS, f16_at, flush, njit, njit_fast, span
 
 TYPE = GGMLQuantizationType.Q5_0
@@ -68,3 +70,29 @@ def dot_row(row, x):
         if b % LANE_BLOCKS == LANE_BLOCKS - 1 or b == n - 1:
             acc += flush(lanes)
     return acc
+
+
+# --- quantization (ggml's quantize_row_q5_0_ref): d = -(value of largest magnitude) / 16,
+# q = min(31, int(x / d + 16.5)) with C's truncation.
+
+def quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """(n, 32) float32 -> (n, 22) uint8."""
+    d = signed_absmax_np(x) / np.float32(-16)
+    q = np.minimum(31, trunc_int(x * inverse(d)[:, None] + np.float32(16.5)))
+    return np.concatenate([f16_bits_np(d).view(np.uint8).reshape(-1, 2), pack_high_bits(q), pack_nibbles(q)], axis=1)
+
+
+@njit
+def quantize_row(x, out):
+    for b in range(x.size // BLOCK):
+        o, y = b * BYTES, b * BLOCK
+        d = signed_absmax(x, y) / np.float32(-16)
+        inv = np.float32(1) / d if d != 0 else np.float32(0)
+        put_f16(out, o, f16_bits(d))
+        qh = 0
+        for j in range(16):
+            q0 = min(31, np.int32(x[y + j] * inv + np.float32(16.5)))
+            q1 = min(31, np.int32(x[y + 16 + j] * inv + np.float32(16.5)))
+            put_nibbles(out, o + 6, q0, q1, j)
+            qh |= (q0 >> 4 & 1) << j | (q1 >> 4 & 1) << (j + 16)
+        put_u32(out, o + 2, qh)

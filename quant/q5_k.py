@@ -8,7 +8,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from .jit import f16_at, njit, njit_fast
-from .q4_k import scale_min, scales_and_mins
+from .q4_k import fit_blocks, fit_row, scale_min, scales_and_mins
 
 TYPE = GGMLQuantizationType.Q5_K
 BLOCK = 256
@@ -72,3 +72,33 @@ def dot_row(row, x):
                 s += w0 * x[z + l] + w1 * x[z + 32 + l]
             acc += s
     return acc
+
+
+# --- quantization (ggml's quantize_row_q5_K_ref): Q4_K's fit with 5-bit quants -----------------
+NMAX, RMIN, RDELTA, NSTEP = 31, np.float32(-0.5), np.float32(0.1), 15
+
+
+def quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """(n, 256) float32 -> (n, 176) uint8."""
+    n = x.shape[0]
+    d, dmin, scales, L = fit_blocks(x, NMAX, RMIN, RDELTA, NSTEP)
+    L = L.reshape(n, 4, 2, 32)
+    qh = ((L >> 4) << (2 * np.arange(4, dtype=np.uint8)[:, None, None] + np.arange(2, dtype=np.uint8)[:, None]))
+    qh = np.bitwise_or.reduce(qh.reshape(n, 8, 32), axis=1)
+    qs = ((L[:, :, 0] & 15) | (L[:, :, 1] & 15) << 4).reshape(n, 128)
+    return np.concatenate([d.view(np.uint8).reshape(n, 2), dmin.view(np.uint8).reshape(n, 2), scales,
+                           qh.astype(np.uint8), qs], axis=1)
+
+
+@njit
+def quantize_row(x, out):
+    L = np.empty(x.size, np.uint8)
+    fit_row(x, out, BYTES, L, NMAX, RMIN, RDELTA, NSTEP)
+    for b in range(x.size // BLOCK):
+        o, y = b * BYTES, b * BLOCK
+        out[o + 16:o + 48] = 0
+        for g in range(4):
+            for i in range(32):
+                l1, l2 = L[y + 64 * g + i], L[y + 64 * g + 32 + i]
+                out[o + 16 + i] |= (l1 >> 4) << (2 * g) | (l2 >> 4) << (2 * g + 1)
+                out[o + 48 + 32 * g + i] = (l1 & 15) | (l2 & 15) << 4

@@ -9,7 +9,9 @@ for half h < 2, column c < 4, l < 32 (e = 128*h + 32*c + l):
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from .jit import f16_at, njit, njit_fast
+from .fit import (F0, GROUP_MAX_EPS, f16_bits, f16_bits_np, f16_value, make_qx_blocks, make_qx_groups, nearest,
+                  nearest_int, nearest_ints, put_f16)
+from .jit import f16_at, f16_to_f32, njit, njit_fast
 
 TYPE = GGMLQuantizationType.Q6_K
 BLOCK = 256
@@ -76,3 +78,88 @@ def dot_row(row, x):
                           + d3 * (np.float32(np.uint8((c >> 4) | (e & 192) >> 2)) - OFFSET) * x[z + 96 + l])
                 acc += s
     return acc
+
+
+# --- quantization (ggml's quantize_row_q6_K_ref) ------------------------------------------------
+# Each sub-block of 16 gets a scale from make_qx (weights x**2); the 16 scales become int8 against
+# the one of largest magnitude (-128 / it), and the weights are re-quantized against the rounded
+# scales (a sub-block whose scale rounds to 0 keeps the quants of its fit).
+
+def quantize_blocks(x: np.ndarray) -> np.ndarray:
+    """(n, 256) float32 -> (n, 210) uint8."""
+    n = x.shape[0]
+    L, scales = make_qx_blocks(x.reshape(n * 16, 16), 32)
+    L, scales = L.reshape(n, 16, 16), scales.reshape(n, 16)
+    amax, vmax = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for j in range(16):
+        bigger = np.abs(scales[:, j]) > amax
+        amax, vmax = np.where(bigger, np.abs(scales[:, j]), amax), np.where(bigger, scales[:, j], vmax)
+    with np.errstate(all="ignore"):
+        iscale = np.float32(-128) / vmax
+        d_bits = f16_bits_np(np.float32(1) / iscale)
+        sc = np.minimum(127, nearest_ints(iscale[:, None] * scales))  # (n, 16) in -128..127
+        d = f16_value(d_bits)[:, None] * sc.astype(np.float32)
+        requant = np.clip(nearest_ints(x.reshape(n, 16, 16) / d[:, :, None]), -32, 31) + 32
+    L = np.where((d != 0)[:, :, None], requant, L).reshape(n, 2, 4, 32).astype(np.uint8)
+    ql = np.concatenate([L[:, :, 0] & 15 | (L[:, :, 2] & 15) << 4, L[:, :, 1] & 15 | (L[:, :, 3] & 15) << 4], axis=2)
+    qh = np.bitwise_or.reduce((L >> 4) << (2 * np.arange(4, dtype=np.uint8))[:, None], axis=2)  # (n, 2, 32)
+    blocks = np.concatenate([ql.reshape(n, 128), qh.reshape(n, 64), sc.astype(np.int8).view(np.uint8),
+                             d_bits.view(np.uint8).reshape(n, 2)], axis=1)
+    blocks[amax < GROUP_MAX_EPS] = 0
+    return blocks
+
+
+BATCH = 16  # super-blocks fitted together: their 256 sub-blocks are the vector lanes
+
+
+@njit
+def quantize_row(x, out):
+    L = np.empty(x.size, np.uint8)
+    nb = x.size // BLOCK
+    for b0 in range(0, nb, BATCH):
+        G = 16 * min(BATCH, nb - b0)
+        xt, Lt, scales = np.empty((16, G), np.float32), np.empty((16, G), np.float32), np.empty(G, np.float32)
+        for g in range(G):
+            for i in range(16):
+                xt[i, g] = x[BLOCK * b0 + 16 * g + i]
+        make_qx_groups(xt, Lt, 32, scales)
+        for b in range(b0, b0 + G // 16):
+            _finish_block(x, out, b, L, Lt, scales, 16 * (b - b0))
+    for b in range(nb):
+        o, y = b * BYTES, b * BLOCK
+        for h in range(2):
+            for i in range(32):
+                e = y + 128 * h + i
+                q1, q2, q3, q4 = L[e], L[e + 32], L[e + 64], L[e + 96]
+                out[o + 64 * h + i] = (q1 & 15) | (q3 & 15) << 4
+                out[o + 64 * h + 32 + i] = (q2 & 15) | (q4 & 15) << 4
+                out[o + 128 + 32 * h + i] = q1 >> 4 | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6
+
+
+@njit
+def _finish_block(x, out, b, L, Lt, scales, g0):
+    """Super-block b (its sub-blocks are columns g0..g0+15 of the fit): int8 scales, d, then the
+    weights re-quantized against the rounded scales. All-zero blocks become zero bytes."""
+    o, y = b * BYTES, b * BLOCK
+    amax, vmax = F0, F0
+    for j in range(16):
+        if abs(scales[g0 + j]) > amax:
+            amax, vmax = abs(scales[g0 + j]), scales[g0 + j]
+    if amax < GROUP_MAX_EPS:
+        out[o:o + BYTES] = 0
+        L[y:y + BLOCK] = 0
+        return
+    iscale = np.float32(-128) / vmax
+    d_bits = f16_bits(np.float32(1) / iscale)
+    put_f16(out, o + 208, d_bits)
+    d = f16_to_f32(d_bits)
+    for j in range(16):
+        sc = min(127, nearest_int(iscale * scales[g0 + j]))
+        out[o + 192 + j] = sc & 0xFF
+        dj, z = d * np.float32(sc), y + 16 * j
+        if dj == 0:  # keep the fit's quants
+            for i in range(16):
+                L[z + i] = np.uint8(Lt[i, g0 + j])
+        else:
+            for i in range(16):
+                L[z + i] = np.uint8(min(np.float32(31), max(np.float32(-32), nearest(x[z + i] / dj))) + np.float32(32))

@@ -1,5 +1,7 @@
 """Kernel oracles: matvec / matmul / get_rows against dequantize-then-float64-numpy, thread-count
-independence, zero-copy expert views (checked with mincore), errors, and Numba's on-disk cache."""
+independence, zero-copy expert views (checked with mincore), errors, and Numba's on-disk cache.
+exact=True: float32 weights times float32 activations (bar 1e-5); the default integer path of
+Q4_K / Q6_K (16-bit activations, activations.py) has its own tests and bar (1e-3)."""
 import ctypes
 import mmap
 import subprocess
@@ -15,6 +17,7 @@ from gguf import GGUFReader
 from quant import (SUPPORTED_TYPES, QuantizedTensor, UnsupportedTypeError, dequantize, get_rows,
                    matmul, matvec)
 from quant.formats import FORMATS
+from quant.kernels import _INT_KERNELS as INT_KERNELS
 
 K = 768  # a multiple of every block size (3 super-blocks)
 N = 37  # odd, so rows do not split evenly between threads
@@ -45,11 +48,11 @@ def random_tensor(ggml_type, shape, seed=0, name="w") -> QuantizedTensor:
     return QuantizedTensor(name, ggml_type, shape, fill_random(data, ggml_type, seed))
 
 
-def assert_close(ours, ref, what):
+def assert_close(ours, ref, what, rel=1e-5):
     assert ours.dtype == np.float32 and ours.shape == ref.shape, what
     diff = ours.astype(np.float64) - ref
-    assert np.linalg.norm(diff) <= 1e-5 * np.linalg.norm(ref), what
-    assert np.abs(diff).max() <= 1e-5 * np.abs(ref).max(), what
+    assert np.linalg.norm(diff) <= rel * np.linalg.norm(ref), what
+    assert np.abs(diff).max() <= rel * np.abs(ref).max(), what
 
 
 @pytest.fixture
@@ -67,10 +70,10 @@ def test_matvec_matmul_vs_float64(ggml_type):
     wf = dequantize(w).astype(np.float64)
     rng = np.random.default_rng(1)
     x = rng.standard_normal(K).astype(np.float32)
-    assert_close(matvec(w, x), wf @ x, f"{ggml_type.name} matvec")
+    assert_close(matvec(w, x, exact=True), wf @ x, f"{ggml_type.name} matvec")
     for t in (1, 3, 17, 64):
         xs = rng.standard_normal((t, K)).astype(np.float32)
-        assert_close(matmul(w, xs), xs.astype(np.float64) @ wf.T, f"{ggml_type.name} matmul T={t}")
+        assert_close(matmul(w, xs, exact=True), xs.astype(np.float64) @ wf.T, f"{ggml_type.name} matmul T={t}")
 
 
 @pytest.mark.parametrize("ggml_type", SUPPORTED_TYPES, ids=lambda t: t.name)
@@ -92,7 +95,60 @@ def test_matmul_in_several_tiles(monkeypatch):
     monkeypatch.setattr(quant.kernels, "TILE_FLOATS", 5 * K)
     w = random_tensor(T.Q4_K, (N, K), seed=3)
     xs = np.random.default_rng(4).standard_normal((9, K)).astype(np.float32)
-    assert_close(matmul(w, xs), xs.astype(np.float64) @ dequantize(w).astype(np.float64).T, "tiled")
+    assert_close(matmul(w, xs, exact=True), xs.astype(np.float64) @ dequantize(w).astype(np.float64).T, "tiled")
+
+
+# --- the integer decode / prefill path of Q4_K and Q6_K (16-bit activations) ---
+
+@pytest.mark.parametrize("ggml_type", list(INT_KERNELS), ids=lambda t: t.name)
+def test_integer_path_vs_float64(ggml_type, monkeypatch):
+    import quant.kernels as qk
+    monkeypatch.setattr(qk, "INT_MATMUL_MAX_T", 1 << 30)  # integer prefill at every T (default: small T)
+    w = random_tensor(ggml_type, (N, K), seed=11)
+    wf = dequantize(w).astype(np.float64)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(K).astype(np.float32)
+    assert_close(matvec(w, x), wf @ x, f"{ggml_type.name} matvec", rel=1e-3)
+    for t in (1, 3, 17, 70):  # 70: more than one token tile
+        xs = (rng.standard_normal((t, K)) * rng.uniform(0.01, 100, (t, 1))).astype(np.float32)
+        ys = matmul(w, xs)
+        assert_close(ys, xs.astype(np.float64) @ wf.T, f"{ggml_type.name} matmul T={t}", rel=1e-3)
+        # prefill and decode give the same bits, so incremental decode equals a full forward
+        np.testing.assert_array_equal(ys, np.stack([matvec(w, v) for v in xs]))
+
+
+@pytest.mark.parametrize("ggml_type", list(INT_KERNELS), ids=lambda t: t.name)
+def test_portable_and_avx2_paths_bit_identical(ggml_type, monkeypatch):
+    import quant.kernels as qk
+    from quant.simd import HAS_AVX2
+    if not HAS_AVX2:
+        pytest.skip("this CPU has no AVX2")
+    w = random_tensor(ggml_type, (N, K), seed=13)
+    rng = np.random.default_rng(14)
+    x, xs = rng.standard_normal(K).astype(np.float32), rng.standard_normal((5, K)).astype(np.float32)
+    results = []
+    monkeypatch.setattr(qk, "INT_MATMUL_MAX_T", 1 << 30)
+    for path in ("portable", "avx2"):
+        monkeypatch.setattr(qk, "INT_PATH", path)
+        results.append([matvec(w, x), matmul(w, xs)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_activation_quantization_matches_reference():
+    from quant.activations import QMAX, quantize_activations, quantize_reference
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal(3 * 256).astype(np.float32) * np.repeat([1e-3, 1.0, 0.0], 256).astype(np.float32)
+    x[300] = 1e4   # one outlier in the middle block
+    ref, ours = quantize_reference(x), quantize_activations(x)
+    for a, b in zip(ref, ours):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    d, q16, hi, lo, bsums = ours
+    assert np.abs(q16).max() == QMAX and d[2] == 0 and not q16[512:].any()
+    np.testing.assert_array_equal(256 * hi.astype(np.int32) + lo, q16)
+    stacked = quantize_activations(np.stack([x, -x]))
+    np.testing.assert_array_equal(stacked[1][0], q16)
+    np.testing.assert_array_equal(stacked[1][1], -q16)
 
 
 @pytest.mark.slow
@@ -109,8 +165,9 @@ def test_real_tensors(smollm2_path, smollm2_q4km_path):
             w = QuantizedTensor(t.name, t.tensor_type, shape, raw)
             wf = dequantize(w).astype(np.float64)
             xs = np.random.default_rng(0).standard_normal((3, shape[1])).astype(np.float32)
-            assert_close(matvec(w, xs[0]), wf @ xs[0], f"{t.name} matvec")
-            assert_close(matmul(w, xs), xs.astype(np.float64) @ wf.T, f"{t.name} matmul")
+            assert_close(matvec(w, xs[0], exact=True), wf @ xs[0], f"{t.name} matvec")
+            assert_close(matmul(w, xs, exact=True), xs.astype(np.float64) @ wf.T, f"{t.name} matmul")
+            assert_close(matmul(w, xs), xs.astype(np.float64) @ wf.T, f"{t.name} matmul", rel=1e-3)
     assert {T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K, T.Q8_0} <= seen, seen
 
 
@@ -147,8 +204,9 @@ def test_experts_and_rows_touch_only_their_bytes():
     x = np.random.default_rng(6).standard_normal(k).astype(np.float32)
     xs = np.random.default_rng(6).standard_normal((3, k)).astype(np.float32)
     wf = dequantize(expert).astype(np.float64)
-    assert_close(matvec(expert, x), wf @ x, "expert matvec")
-    assert_close(matmul(expert, xs), xs.astype(np.float64) @ wf.T, "expert matmul")
+    assert_close(matvec(expert, x, exact=True), wf @ x, "expert matvec")
+    assert_close(matmul(expert, xs, exact=True), xs.astype(np.float64) @ wf.T, "expert matmul")
+    assert_close(matvec(expert, x), wf @ x, "expert matvec (integer)", rel=1e-3)
     assert resident_pages(buf) == slab, "an op on expert 2 touched another expert"
 
     # get_rows reads only the selected rows (embedding lookup)
@@ -203,21 +261,27 @@ def test_second_process_compiles_nothing():
     """Numba's on-disk cache: a fresh process finds every kernel compiled (this process, or an
     earlier run, filled the cache)."""
     for ggml_type in SUPPORTED_TYPES:  # make sure every kernel is in the cache
-        matmul(random_tensor(ggml_type, (3, K)), np.ones((2, K), np.float32))
-        matvec(random_tensor(ggml_type, (3, K)), np.ones(K, np.float32))
+        for exact in (False, True):
+            matmul(random_tensor(ggml_type, (3, K)), np.ones((2, K), np.float32), exact=exact)
+            matvec(random_tensor(ggml_type, (3, K)), np.ones(K, np.float32), exact=exact)
     script = """if True:
         import numpy as np
         from quant import QuantizedTensor, SUPPORTED_TYPES, matvec, matmul
         from quant.formats import FORMATS
-        from quant.kernels import _dequantize_rows, _dot_rows
+        import quant.kernels as qk
+        from quant import activations
+        from quant.kernels import _dequantize_rows, _dot_rows, _dot16_rows, _dots16_rows
         for t, fmt in FORMATS.items():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
             matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((2, 768), np.float32))
-        kernels = [_dot_rows, _dequantize_rows] + [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
+            matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((2, 768), np.float32), exact=True)
+        kernels = [_dot_rows, _dequantize_rows, _dot16_rows, _dots16_rows, activations.quantize, activations.quantize_rows]
+        kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
+        kernels += [k for ks in qk._INT_KERNELS.values() for k in ks[1 if qk.INT_PATH == "avx2" else 0::2]]
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     misses, hits = map(int, out.stdout.split())
-    assert misses == 0 and hits == 2 + 2 * len(FORMATS), out.stdout
+    assert misses == 0 and hits == 6 + 2 * len(FORMATS) + 2 * len(INT_KERNELS), out.stdout
