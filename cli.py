@@ -289,5 +289,69 @@ def inspect(model, n_ctx, sliding_window, as_json):
         click.echo(f"{key:24} {value}")
 
 
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--type", "qtype", default="Q4_K_M", show_default=True,
+              help="Q4_K_M, Q4_K_S, Q5_K_M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16, ...")
+@click.option("-t", "--threads", type=int, default=None, help="CPU threads [all cores]")
+@click.option("--allow-requantize", is_flag=True, help="accept an already quantized input (dequantized first)")
+def quantize(src, dst, qtype, threads, allow_requantize):
+    """Quantize a GGUF file (F32/F16/BF16) to TYPE with llama.cpp's recipe; the output is written to a
+    temporary file and renamed into place."""
+    from quant.quantize import quantize_file
+
+    if threads is not None and threads < 1:
+        fail(f"--threads must be >= 1, got {threads}")
+    try:
+        out = quantize_file(src, dst, type=qtype.upper(), n_threads=threads, allow_requantize=allow_requantize)
+    except (OSError, ValueError) as e:
+        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    click.echo(str(out))
+
+
+@main.command()
+@click.argument("shape", type=click.Choice(["mistral-7b", "mixtral-8x7b", "llama2-7b"]))
+@click.argument("out", required=False)
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="fewer blocks than the real model")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(shape, out, layers, seed):
+    """Write a GGUF with the real model's Q4_K_M tensor names, shapes and types, filled with random
+    valid blocks (for speed and memory work: real weights cannot be downloaded here)."""
+    from gguf_runner.synth import synth as make
+
+    try:
+        path = make(shape, out, layers, seed)
+    except (OSError, ValueError) as e:
+        fail(str(e))
+    click.echo(f"{path} ({path.stat().st_size / 1e9:.2f} GB)")
+
+
+@main.command()
+@click.option("-m", "--model", required=True, help="GGUF path or models.yaml name")
+@click.option("-p", "--n-prompt", default="128,512", show_default=True, help="prompt lengths, comma separated")
+@click.option("-n", "--n-gen", type=click.IntRange(min=0), default=64, show_default=True, help="tokens generated")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("-r", "--reps", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--compare-llama-cpp", is_flag=True, help="also run llama.cpp (llama-cpp-python) on the same file")
+@click.option("--json", "json_path", default=None, help="also write the report as JSON here")
+def bench(model, n_prompt, n_gen, threads, reps, compare_llama_cpp, json_path):
+    """Like llama-bench: load time, prompt and generation tokens/s (best and median of reps), peak RSS
+    and resident bytes of the model mapping; ours beside llama.cpp's with --compare-llama-cpp."""
+    from gguf_runner.bench import bench as measure
+    from gguf_runner.bench import markdown
+    from gguf_runner.registry import RegistryError, resolve
+
+    try:
+        sizes = tuple(int(n) for n in n_prompt.split(",") if n.strip())
+        path, _ = resolve(model)
+        report = measure(path, sizes, n_gen, threads, reps, compare_llama_cpp)
+    except (GGUFError, ModelError, RegistryError, ValueError, OSError) as e:
+        fail(str(e))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1))
+    click.echo(markdown(report))
+
+
 if __name__ == "__main__":
     main()

@@ -34,17 +34,26 @@ def smollm2_path() -> Path:
     return smollm2_file()
 
 
+def our_quantize(src: Path, dst: Path, ftype: int, *, requantize: bool = False) -> Path:
+    """Quantize with our quantizer (byte-identical to llama.cpp's: tests/test_quantize.py)."""
+    from quant.quantize import quantize_file
+    from quant.recipe import FTYPES
+
+    name = next(n for n, (code, *_) in FTYPES.items() if code == ftype)
+    return quantize_file(src, dst, name, progress=False, allow_requantize=requantize)
+
+
 @pytest.fixture(scope="session")
 def smollm2_q4km_path(tmp_path_factory, smollm2_path) -> Path:
-    """SmolLM2 re-quantized to Q4_K_M by llama.cpp (from its Q4_1 weights)."""
+    """SmolLM2 re-quantized to Q4_K_M (from its Q4_1 weights) by our quantizer."""
     out = tmp_path_factory.mktemp("smollm2") / "smollm2-q4km.gguf"
-    return llama_quantize(smollm2_path, out, 15, requantize=True)
+    return our_quantize(smollm2_path, out, 15, requantize=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory):
     """build(cfg, seed=0, quant=None) -> path of a tiny random model written as F32 GGUF, or
-    quantized by llama.cpp when quant is a llama_ftype (15 = Q4_K_M). Cached for the session."""
+    quantized by our quantizer when quant is a llama_ftype (15 = Q4_K_M). Cached for the session."""
     from models import random_weights, write_gguf
 
     root = tmp_path_factory.mktemp("tiny")
@@ -55,7 +64,7 @@ def tiny_gguf(tmp_path_factory):
         if key not in built:
             f32 = root / f"{cfg.kind}-{len(built)}-s{seed}-f32.gguf"
             write_gguf(f32, cfg, random_weights(cfg, seed))
-            built[key] = f32 if quant is None else llama_quantize(f32, f32.with_suffix(f".q{quant}.gguf"), quant)
+            built[key] = f32 if quant is None else our_quantize(f32, f32.with_suffix(f".q{quant}.gguf"), quant)
         return built[key]
 
     return build
