@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from gguf_runner import GGUFError, ModelError
+from gguf_runner.bench import peak_rss
 
 
 def fail(message: str, code: int = 2):
@@ -25,13 +26,6 @@ def human(n: int) -> str:
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
-
-
-def peak_rss() -> int:
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024   # bytes on macOS, KiB on Linux
 
 
 def timing_lines(c) -> str:

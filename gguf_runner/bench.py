@@ -3,7 +3,7 @@
 Each engine runs in its own subprocess (so peak RSS and resident mapping bytes are its own):
 load time, prompt processing (pp: tokens/s for a prompt of n tokens, one eval of n_batch-sized
 chunks), text generation (tg: tokens/s over n_gen single-token evals after one token of context),
-peak RSS (ru_maxrss) and the resident bytes of the model file's mapping (/proc/self/smaps Rss).
+peak RSS (VmHWM) and the resident bytes of the model file's mapping (/proc/self/smaps Rss).
 Timed figures: min and median seconds over reps (tokens/s are reported from both).
 """
 from __future__ import annotations
@@ -37,7 +37,14 @@ def mapped_rss(path: str | os.PathLike) -> int:
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    """This process's peak resident bytes. Linux: VmHWM, since ru_maxrss carries over from the parent
+    across fork and exec (a run started by a big process would report the parent's peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss if sys.platform == "darwin" else rss * 1024   # bytes on macOS, KiB elsewhere
 
 
 class _Ours:

@@ -13,7 +13,6 @@ weight block is unpacked once and stays in L1 while it meets every token (same o
 import numpy as np
 
 from .jit import half_to_f32, njit
-from .q4_k import scale_min
 from .q6_k import quant
 from .simd import NT16, q4_k_isum, q4_k_isum_w16, q4_k_msum, q6_k_isum, q6_k_isum_w16, q6_k_offset
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
+from gguf_runner.synth import spm_vocab  # noqa: F401  (also used by other tests through this module)
+
 
 @dataclass(frozen=True)
 class Tiny:
@@ -64,21 +66,6 @@ def random_weights(cfg: Tiny, seed: int = 0) -> dict[str, np.ndarray]:
 def to_adjacent(w: np.ndarray, heads: int) -> np.ndarray:
     """HF rotates head halves; GGUF files store Q/K rows so that RoPE rotates adjacent pairs."""
     return w.reshape(heads, 2, -1, w.shape[-1]).swapaxes(1, 2).reshape(w.shape)
-
-
-def spm_vocab(n: int) -> tuple[list[str], list[float], list[int]]:
-    """A SentencePiece-style vocabulary: <unk> <s> </s>, 256 byte tokens, then word pieces."""
-    tokens, types = ["<unk>", "<s>", "</s>"], [2, 3, 3]
-    tokens += [f"<0x{b:02X}>" for b in range(256)]
-    types += [6] * 256
-    letters = "etaoinshrdlucmfwypvbgkjqxz"
-    pieces = ["\u2581"] + [c for c in letters] + ["\u2581" + c for c in letters]
-    pieces += ["\u2581" + a + b for a in letters for b in letters]
-    need = n - len(tokens)
-    tokens += pieces[:need]
-    types += [1] * need
-    scores = [0.0] * (259) + [-float(i) for i in range(need)]
-    return tokens, scores, types
 
 
 def write_gguf(path, cfg: Tiny, w: dict[str, np.ndarray]) -> None:
