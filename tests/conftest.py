@@ -51,6 +51,13 @@ def smollm2_q4km_path(tmp_path_factory, smollm2_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_q4km_by_llama_cpp(tmp_path_factory, smollm2_path) -> Path:
+    """The same re-quantization made by llama.cpp itself: an oracle-made file for the dequant tests."""
+    out = tmp_path_factory.mktemp("smollm2-llama") / "smollm2-q4km-llama.gguf"
+    return llama_quantize(smollm2_path, out, 15, requantize=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory):
     """build(cfg, seed=0, quant=None) -> path of a tiny random model written as F32 GGUF, or
     quantized by our quantizer when quant is a llama_ftype (15 = Q4_K_M). Cached for the session."""

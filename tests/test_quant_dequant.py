@@ -92,6 +92,8 @@ def test_smollm2_file_bit_exact(smollm2_path):
 
 
 @pytest.mark.slow
-def test_smollm2_q4km_file_bit_exact(smollm2_q4km_path):
-    seen = check_file(smollm2_q4km_path)
-    assert {"Q4_K", "Q6_K"} <= seen, seen
+def test_smollm2_q4km_file_bit_exact(smollm2_q4km_path, smollm2_q4km_by_llama_cpp):
+    """Ours and llama.cpp's Q4_K_M re-quantizations of SmolLM2 (byte-identical: test_quantize.py)."""
+    for path in (smollm2_q4km_path, smollm2_q4km_by_llama_cpp):
+        seen = check_file(path)
+        assert {"Q4_K", "Q6_K"} <= seen, seen
