@@ -83,6 +83,8 @@ class Model:
     # --- state ---
     @contextmanager
     def in_use(self):
+        if self.vocab_only:
+            raise ModelError(f"{self.path.name} was loaded with vocab_only=True: it can tokenize, not evaluate")
         if not self._lock.acquire(blocking=False):
             raise BusyError("this Model is busy in another thread; use one Model per thread")
         try:

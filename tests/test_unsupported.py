@@ -99,5 +99,7 @@ def test_vocab_only_file_is_refused_for_generation_but_tokenizes(tmp_path):
     import gguf_runner
     m = gguf_runner.load(tmp_path / "vocab.gguf", vocab_only=True)
     assert m.detokenize(m.tokenize("hat", add_bos=False)) == "hat"
+    with pytest.raises(gguf_runner.ModelError, match="vocab_only"):
+        m.generate("hat", max_tokens=2)
     code, out = run_cli(tmp_path / "vocab.gguf")
     assert code == 2 and "token_embd.weight" in out
