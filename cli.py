@@ -7,13 +7,28 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from gguf_runner import GGUFError, ModelError
-from gguf_runner.bench import peak_rss
+# Ctrl-C must reach the main thread: a terminal's SIGINT handed to a worker thread (OpenBLAS starts its
+# pool when numpy loads, Numba on first use) never interrupts the main thread's blocking read, and Ctrl-C
+# at the chat prompt would hang. Threads inherit the signal mask of the thread that starts them, so the
+# pools start with SIGINT blocked; then the main thread takes it back.
+_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+try:
+    import numpy as np
+
+    from gguf_runner import GGUFError, ModelError
+    from gguf_runner.bench import peak_rss
+    from quant import QuantizedTensor, matmul
+
+    # one small product through each pool (BLAS, Numba) starts their threads now, under the mask
+    matmul(QuantizedTensor("warm-up", 0, (64, 64), np.zeros((64, 256), np.uint8)), np.ones((2, 64), np.float32))
+finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, _mask)
 
 
 def fail(message: str, code: int = 2):
