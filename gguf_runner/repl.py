@@ -8,7 +8,9 @@ When the conversation no longer fits, the oldest turns go (the system prompt sta
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .cache import ContextFullError
@@ -174,6 +176,11 @@ def loop(session: ChatSession, ask=None) -> None:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
+    # Ctrl-C is how a chat stops an answer: take it even if we were started with SIGINT ignored
+    # (as a shell does for background jobs) or blocked.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     session._note("[chat: /help for commands, Ctrl-C stops an answer, Ctrl-D or /exit leaves]")
     while True:
         try:

@@ -5,16 +5,17 @@ import json
 import os
 import pty
 import select
+import signal
 import sys
 import time
 
 import pytest
 from click.testing import CliRunner
+from models import MISTRAL
 
 import cli
 import gguf_runner
 from gguf_runner.repl import ChatSession, check_messages, read_message
-from models import MISTRAL
 
 GREEDY = {"max_tokens": 8, "temperature": 0, "ignore_eos": True}
 
@@ -155,6 +156,10 @@ class Pty:
     def __init__(self, argv):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:   # the child: the pty is its controlling terminal, so ^C sends it SIGINT
+            # start as a terminal would start it, not with whatever signal state pytest's process has
+            # (an ignored or blocked SIGINT survives exec)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
             os.environ["TERM"] = "dumb"
             os.execv(argv[0], argv)
         self.buf = ""
