@@ -81,6 +81,18 @@ def spm_vocab(n: int) -> tuple[list[str], list[float], list[int]]:
     return tokens, [0.0] * 259 + [-float(i) for i in range(need)], types
 
 
+def add_spm_vocab(g: gguf.GGUFWriter, n: int) -> None:
+    """Write spm_vocab(n) as the tokenizer.ggml.* keys (SentencePiece model; <unk> 0, <s> 1, </s> 2)."""
+    tokens, scores, types = spm_vocab(n)
+    g.add_tokenizer_model("llama")
+    g.add_token_list(tokens)
+    g.add_token_scores(scores)
+    g.add_token_types(types)
+    g.add_bos_token_id(1)
+    g.add_eos_token_id(2)
+    g.add_unk_token_id(0)
+
+
 # f16 scale fields: byte offset of d, of dmin (or None), and a d that makes weights ~N(0, 0.02) with
 # random quants and sub-block scales (dmin = d * mean quant centres them): activations stay finite.
 _SCALES = {T.Q4_K: (0, 2, 1.5e-4, 7.5), T.Q5_K: (0, 2, 7e-5, 15.5), T.Q6_K: (208, None, 2e-5, 0),
@@ -140,14 +152,7 @@ def synth(shape: str, out_path: str | os.PathLike | None = None, layers: int | N
     if s.n_experts:
         g.add_expert_count(s.n_experts)
         g.add_expert_used_count(s.n_experts_used)
-    tokens, scores, types = spm_vocab(s.vocab)
-    g.add_tokenizer_model("llama")
-    g.add_token_list(tokens)
-    g.add_token_scores(scores)
-    g.add_token_types(types)
-    g.add_bos_token_id(1)
-    g.add_eos_token_id(2)
-    g.add_unk_token_id(0)
+    add_spm_vocab(g, s.vocab)
     g.add_add_bos_token(True)
     g.add_add_eos_token(False)
     g.add_quantization_version(2)

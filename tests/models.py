@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
-from gguf_runner.synth import spm_vocab  # noqa: F401  (also used by other tests through this module)
+from gguf_runner.synth import add_spm_vocab, spm_vocab  # noqa: F401  (spm_vocab: used by other tests)
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,7 @@ def write_gguf(path, cfg: Tiny, w: dict[str, np.ndarray]) -> None:
     if cfg.n_experts:
         g.add_expert_count(cfg.n_experts)
         g.add_expert_used_count(cfg.n_used)
-    tokens, scores, types = spm_vocab(cfg.vocab)
-    g.add_tokenizer_model("llama")
-    g.add_token_list(tokens)
-    g.add_token_scores(scores)
-    g.add_token_types(types)
-    g.add_bos_token_id(1)
-    g.add_eos_token_id(2)
-    g.add_unk_token_id(0)
+    add_spm_vocab(g, cfg.vocab)
     g.add_tensor("token_embd.weight", w["embed"])
     for i in range(cfg.n_layers):
         p = f"blk.{i}."

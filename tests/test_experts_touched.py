@@ -8,7 +8,7 @@ import textwrap
 import gguf
 import numpy as np
 
-from models import spm_vocab
+from models import add_spm_vocab
 
 DIM, HIDDEN, LAYERS, EXPERTS, VOCAB = 1024, 2048, 2, 8, 512
 Q4_K = gguf.GGMLQuantizationType.Q4_K
@@ -31,11 +31,7 @@ def write_mixtral(path, merged=True):
         g.add_uint32(f"llama.{key}", value)
     g.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
     g.add_float32("llama.rope.freq_base", 1e6)
-    tokens, scores, types = spm_vocab(VOCAB)
-    g.add_tokenizer_model("llama")
-    g.add_token_list(tokens)
-    g.add_token_scores(scores)
-    g.add_token_types(types)
+    add_spm_vocab(g, VOCAB)
     norm = np.ones(DIM, np.float32)
 
     def q4k(name, rows, cols, n=None):

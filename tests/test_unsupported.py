@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from models import MISTRAL, random_weights, spm_vocab, write_gguf
+from models import MISTRAL, add_spm_vocab, random_weights, write_gguf
 
 SMALL = replace(MISTRAL, n_layers=1)
 
@@ -87,12 +87,8 @@ def test_not_a_model_file(tmp_path, kind):
 
 
 def test_vocab_only_file_is_refused_for_generation_but_tokenizes(tmp_path):
-    tokens, scores, types = spm_vocab(300)
     g = gguf.GGUFWriter(str(tmp_path / "vocab.gguf"), "llama")
-    g.add_tokenizer_model("llama")
-    g.add_token_list(tokens)
-    g.add_token_scores(scores)
-    g.add_token_types(types)
+    add_spm_vocab(g, 300)
     g.write_header_to_file()
     g.write_kv_data_to_file()
     g.close()
