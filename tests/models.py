@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gguf
 import numpy as np
 
-from gguf_runner.synth import add_spm_vocab, spm_vocab  # noqa: F401  (spm_vocab: used by other tests)
+from gguf_runner.synth import add_spm_vocab
 
 
 @dataclass(frozen=True)
