@@ -1,20 +1,22 @@
-"""Integer dot products of K-quant rows against 16-bit activations (activations.py), for decode.
+"""Integer dot products of K-quant rows against 16-bit activations (activations.py).
 
 Per super-block b the weights are w[e] = d * scale[s] * q[e] - dmin * min[s] (Q4_K) or
 d * scale[j] * (u[e] - 32) (Q6_K, u = q + 32 in 0..63), the activations x[e] ~ xd[b] * q16[e], so
     Q4_K: sum_e w x = xd * (d * sum_s scale[s] * sum q q16 - dmin * sum_s min[s] * bsum[s])
     Q6_K: sum_e w x = xd * d * (sum_j scale[j] * sum u q16 - 32 * sum_j scale[j] * bsum[j])
-The integer sums are exact (int64), computed either by the AVX2 intrinsics of simd.py or by the
-portable loops here, so both paths give bit-identical results; only the f64 combination rounds.
-Two kernels per type with the signature jit.DOT16_SIG: dot_<type> (portable), dot_<type>_avx2, and
-two for prefill with jit.DOTS16_SIG, dots_<type>[_avx2], the same sums for T tokens at once: each
-weight block is unpacked once and stays in L1 while it meets every token (same order, same bits).
+Decode (jit.DOT16_SIG): dot_<type>_avx2 is one intrinsic per row (simd.q4_k_row, q6_k_row) that keeps
+exact integer sums in 8 lanes per block and accumulates them in float32 vectors, with one horizontal
+sum per row; dot_<type> is the portable path for CPUs without AVX2, the same lanes and the same
+float32 operations in the same order, so both give the same bits.
+Prefill (jit.DOTS16_SIG): dots_<type>[_avx2] take T tokens at once; each weight block is unpacked once
+(as int16 weights times scales) and meets every token while in L1, with exact int64 sums per block
+combined in float64. Its rounding differs from decode's by about 1e-7 of the result.
 """
 import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import NT16, q4_k_isum, q4_k_isum_w16, q4_k_msum, q6_k_isum, q6_k_isum_w16, q6_k_offset
+from .simd import NT16, q4_k_isum, q4_k_isum_w16, q4_k_msum, q4_k_row, q6_k_isum, q6_k_isum_w16, q6_k_offset, q6_k_row
 
 BLOCK = 256
 Q4_K_BYTES, Q6_K_BYTES = 144, 210
@@ -45,8 +47,13 @@ def q4_k_scaled(row, o, xd, isum, msum):
 
 
 @njit(inline="always")
+def f16_bits(row, i):
+    return np.uint16(row[i]) | np.uint16(row[i + 1]) << np.uint16(8)
+
+
+@njit(inline="always")
 def f16_half(row, i):
-    return half_to_f32(np.uint16(row[i]) | np.uint16(row[i + 1]) << np.uint16(8))
+    return half_to_f32(f16_bits(row, i))
 
 
 @njit(inline="always")
@@ -65,26 +72,43 @@ def q4_k_isum_loop(row, o, sc, x16, y):
     return total
 
 
+@njit(inline="always")
+def row_total(acc, accm):
+    """sum_L acc[L] - sum_L accm[L] in float64, L in order (as simd._row_loop)."""
+    sv = sm = 0.0
+    for lane in range(8):
+        sv += np.float64(acc[lane])
+        sm += np.float64(accm[lane])
+    return sv - sm
+
+
 @njit
 def dot_q4_k(row, xd, x16, xh, xl, bsums):
+    """Portable simd.q4_k_row: the same integer lanes and the same float32 operations in the same order."""
     w32 = row.view(np.uint32)
-    acc = 0.0
+    acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    lane = np.empty(8, np.int32)
     for b in range(row.size // Q4_K_BYTES):
         o = b * Q4_K_BYTES
         sc, mn = q4_k_scales(w32, o // 4 + 1)
-        acc += q4_k_combine(row, o, b, xd, bsums, mn, q4_k_isum_loop(row, o, sc, x16, b * BLOCK))
-    return acc
+        lane[:] = 0
+        for s in range(8):
+            c = np.int32((sc >> np.uint64(8 * s)) & np.uint64(255))
+            base, shift, y = o + 16 + 32 * (s // 2), 4 * (s % 2), b * BLOCK + 32 * s
+            for l in range(32):
+                lane[l // 4] += c * ((np.int32(row[base + l]) >> shift) & 15) * np.int32(x16[y + l])
+        xdb = np.float32(xd[b])
+        dd, dm = xdb * half_to_f32(f16_bits(row, o)), xdb * half_to_f32(f16_bits(row, o + 2))
+        for s in range(8):
+            m = np.int32((mn >> np.uint64(8 * s)) & np.uint64(255)) * (bsums[16 * b + 2 * s] + bsums[16 * b + 2 * s + 1])
+            acc[s] += np.float32(lane[s]) * dd
+            accm[s] += np.float32(m) * dm
+    return row_total(acc, accm)
 
 
 @njit
 def dot_q4_k_avx2(row, xd, x16, xh, xl, bsums):
-    w32 = row.view(np.uint32)
-    acc = 0.0
-    for b in range(row.size // Q4_K_BYTES):
-        o = b * Q4_K_BYTES
-        sc, mn = q4_k_scales(w32, o // 4 + 1)
-        acc += q4_k_scaled(row, o, xd[b], q4_k_isum(row, o, sc, xh, xl, b * BLOCK), q4_k_msum(mn, bsums, 16 * b))
-    return acc
+    return q4_k_row(row, xd, xh, xl, bsums)
 
 
 @njit(inline="always")
@@ -118,20 +142,33 @@ def q6_k_isum_loop(row, o, x16, y):
 
 @njit
 def dot_q6_k(row, xd, x16, xh, xl, bsums):
-    acc = 0.0
+    """Portable simd.q6_k_row (same lanes, same float32 operations in the same order)."""
+    sc = row.view(np.int8)
+    acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    hi, lo = np.empty(8, np.int32), np.empty(8, np.int32)
     for b in range(row.size // Q6_K_BYTES):
         o = b * Q6_K_BYTES
-        acc += q6_k_combine(row, o, b, xd, bsums, q6_k_isum_loop(row, o, x16, b * BLOCK))
-    return acc
+        hi[:] = 0
+        lo[:] = 0
+        for h in range(2):
+            for c in range(4):
+                for l in range(32):
+                    e = b * BLOCK + 128 * h + 32 * c + l
+                    w = np.int32(sc[o + 192 + 8 * h + 2 * c + l // 16]) * (quant(row, o, h, c, l) + 32)
+                    hi[(l % 32) // 4] += w * np.int32(xh[e])
+                    lo[(l % 32) // 4] += w * np.int32(xl[e])
+        dd = np.float32(xd[b]) * half_to_f32(f16_bits(row, o + 208))
+        dm = dd * np.float32(32)
+        for lane in range(8):
+            m = np.int32(sc[o + 192 + lane]) * bsums[16 * b + lane] + np.int32(sc[o + 200 + lane]) * bsums[16 * b + 8 + lane]
+            acc[lane] += (np.float32(hi[lane]) * np.float32(256) + np.float32(lo[lane])) * dd
+            accm[lane] += np.float32(m) * dm
+    return row_total(acc, accm)
 
 
 @njit
 def dot_q6_k_avx2(row, xd, x16, xh, xl, bsums):
-    acc = 0.0
-    for b in range(row.size // Q6_K_BYTES):
-        o = b * Q6_K_BYTES
-        acc += q6_k_scaled(row, o, xd[b], q6_k_isum(row, o, xh, xl, b * BLOCK), q6_k_offset(row, o, bsums, 16 * b))
-    return acc
+    return q6_k_row(row, xd, xh, xl, bsums)
 
 
 @njit

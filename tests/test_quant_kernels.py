@@ -113,8 +113,10 @@ def test_integer_path_vs_float64(ggml_type, monkeypatch):
         xs = (rng.standard_normal((t, K)) * rng.uniform(0.01, 100, (t, 1))).astype(np.float32)
         ys = matmul(w, xs)
         assert_close(ys, xs.astype(np.float64) @ wf.T, f"{ggml_type.name} matmul T={t}", rel=1e-3)
-        # prefill and decode give the same bits, so incremental decode equals a full forward
-        np.testing.assert_array_equal(ys, np.stack([matvec(w, v) for v in xs]))
+        # prefill (int16 weights x 16-bit activations, int64 sums per block) and decode (two int8
+        # planes, float32 lanes, simd.q4_k_row) round differently, by about 1e-7 of the result
+        decode = np.stack([matvec(w, v) for v in xs]).astype(np.float64)
+        np.testing.assert_allclose(ys, decode, rtol=0, atol=1e-6 * np.abs(decode).max())
 
 
 @pytest.mark.parametrize("ggml_type", list(INT_KERNELS), ids=lambda t: t.name)
