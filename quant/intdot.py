@@ -8,15 +8,15 @@ Decode (jit.DOT16_SIG): dot_<type>_avx2 is one intrinsic per row (simd.q4_k_row,
 exact integer sums in 8 lanes per block and accumulates them in float32 vectors, with one horizontal
 sum per row; dot_<type> is the portable path for CPUs without AVX2, the same lanes and the same
 float32 operations in the same order, so both give the same bits.
-Prefill (jit.DOTS16_SIG): dots_<type>[_avx2] take T tokens at once; each weight block is unpacked once
-(as int16 weights times scales) and meets every token while in L1, with exact int64 sums per block
-combined in float64. Its rounding differs from decode's by about 1e-7 of the result.
+Prefill (jit.UNPACK16_SIG, jit.W16_SIG): unpack_<type> turns a row into int16 weights times their
+sub-block scales once, then w16_row[_avx2] (simd.w16_row) takes its dot product with each token's
+q16 (pmaddwd), the same lanes-then-float32 scheme. Its rounding differs from decode's by ~1e-7.
 """
 import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import NT16, q4_k_isum, q4_k_isum_w16, q4_k_msum, q4_k_row, q6_k_isum, q6_k_isum_w16, q6_k_offset, q6_k_row
+from .simd import q4_k_row, q4_k_unpack16, q6_k_row, q6_k_unpack16, w16_row
 
 BLOCK = 256
 Q4_K_BYTES, Q6_K_BYTES = 144, 210
@@ -33,43 +33,8 @@ def q4_k_scales(w32, o4):
 
 
 @njit(inline="always")
-def q4_k_combine(row, o, b, xd, bsums, mn, isum):
-    msum = np.int64(0)
-    for s in range(8):
-        msum += np.int64((mn >> np.uint64(8 * s)) & np.uint64(255)) * (bsums[16 * b + 2 * s] + bsums[16 * b + 2 * s + 1])
-    return q4_k_scaled(row, o, xd[b], isum, msum)
-
-
-@njit(inline="always")
-def q4_k_scaled(row, o, xd, isum, msum):
-    d, dmin = np.float64(f16_half(row, o)), np.float64(f16_half(row, o + 2))
-    return np.float64(xd) * (d * np.float64(isum) - dmin * np.float64(msum))
-
-
-@njit(inline="always")
 def f16_bits(row, i):
     return np.uint16(row[i]) | np.uint16(row[i + 1]) << np.uint16(8)
-
-
-@njit(inline="always")
-def f16_half(row, i):
-    return half_to_f32(f16_bits(row, i))
-
-
-@njit(inline="always")
-def q4_k_isum_loop(row, o, sc, x16, y):
-    """Portable q4_k_isum: sum of scale[s] * q[e] * q16[y + e] over the block."""
-    total = np.int64(0)
-    for g in range(4):
-        s0 = s1 = np.int32(0)
-        for l in range(32):
-            v = np.int32(row[o + 16 + 32 * g + l])
-            s0 += (v & 15) * np.int32(x16[y + 64 * g + l])
-            s1 += (v >> 4) * np.int32(x16[y + 64 * g + 32 + l])
-        c0 = np.int64((sc >> np.uint64(16 * g)) & np.uint64(255))
-        c1 = np.int64((sc >> np.uint64(16 * g + 8)) & np.uint64(255))
-        total += c0 * s0 + c1 * s1
-    return total
 
 
 @njit(inline="always")
@@ -111,35 +76,6 @@ def dot_q4_k_avx2(row, xd, x16, xh, xl, bsums):
     return q4_k_row(row, xd, xh, xl, bsums)
 
 
-@njit(inline="always")
-def q6_k_combine(row, o, b, xd, bsums, isum):
-    sc = row.view(np.int8)
-    off = np.int64(0)
-    for j in range(16):
-        off += np.int64(sc[o + 192 + j]) * bsums[16 * b + j]
-    return q6_k_scaled(row, o, xd[b], isum, off)
-
-
-@njit(inline="always")
-def q6_k_scaled(row, o, xd, isum, off):
-    return np.float64(xd) * np.float64(f16_half(row, o + 208)) * np.float64(isum - 32 * off)
-
-
-@njit(inline="always")
-def q6_k_isum_loop(row, o, x16, y):
-    """Portable q6_k_isum: sum of scale[j] * u[e] * q16[y + e] over the block."""
-    sc = row.view(np.int8)
-    total = np.int64(0)
-    for h in range(2):
-        for c in range(4):
-            for half in range(2):
-                s = np.int32(0)
-                for l in range(16 * half, 16 * half + 16):
-                    s += (quant(row, o, h, c, l) + 32) * np.int32(x16[y + 128 * h + 32 * c + l])
-                total += np.int64(sc[o + 192 + 8 * h + 2 * c + half]) * s
-    return total
-
-
 @njit
 def dot_q6_k(row, xd, x16, xh, xl, bsums):
     """Portable simd.q6_k_row (same lanes, same float32 operations in the same order)."""
@@ -171,62 +107,48 @@ def dot_q6_k_avx2(row, xd, x16, xh, xl, bsums):
     return q6_k_row(row, xd, xh, xl, bsums)
 
 
+# --- prefill: each row unpacked once to int16, then one dot product per token ---
+
 @njit
-def dots_q4_k(row, xd, x16, xh, xl, bsums, out):
+def unpack_q4_k(row, w16, dsc, msc):
+    """A Q4_K row -> w16 (K,) int16 = q * scale[s], dsc (K/256,) = d, msc (K/32,) = dmin * min[s]."""
     w32 = row.view(np.uint32)
-    acc = np.zeros(xd.shape[0])
     for b in range(row.size // Q4_K_BYTES):
         o = b * Q4_K_BYTES
         sc, mn = q4_k_scales(w32, o // 4 + 1)
-        for t in range(xd.shape[0]):
-            acc[t] += q4_k_combine(row, o, b, xd[t], bsums[t], mn, q4_k_isum_loop(row, o, sc, x16[t], b * BLOCK))
-    out[:] = acc
+        dsc[b], dmin = half_to_f32(f16_bits(row, o)), half_to_f32(f16_bits(row, o + 2))
+        for s in range(8):
+            msc[8 * b + s] = dmin * np.float32((mn >> np.uint64(8 * s)) & np.uint64(255))
+        q4_k_unpack16(row, o, sc, w16, b * BLOCK)
 
 
 @njit
-def dots_q4_k_avx2(row, xd, x16, xh, xl, bsums, out):
-    w32 = row.view(np.uint32)
-    n, k = xd.shape[0], x16.shape[1]
-    acc, isum = np.zeros(n), np.empty(NT16, np.int64)
-    f16, fh, fl, fb = x16.reshape(x16.size), xh.reshape(xh.size), xl.reshape(xl.size), bsums.reshape(bsums.size)
-    for b in range(row.size // Q4_K_BYTES):  # (flat views made once: no views in the loop)
-        o = b * Q4_K_BYTES
-        sc, mn = q4_k_scales(w32, o // 4 + 1)
-        d, dmin = np.float64(f16_half(row, o)), np.float64(f16_half(row, o + 2))
-        for t0 in range(0, n - NT16 + 1, NT16):  # NT16 tokens per call, then the rest one at a time
-            q4_k_isum_w16(row, o, sc, f16, t0 * k + b * BLOCK, k, isum)
-            for t in range(t0, t0 + NT16):  # = q4_k_scaled, with d and dmin loaded once
-                msum = q4_k_msum(mn, fb, t * k // 16 + 16 * b)
-                acc[t] += np.float64(xd[t, b]) * (d * np.float64(isum[t - t0]) - dmin * np.float64(msum))
-        for t in range(n - n % NT16, n):
-            acc[t] += q4_k_scaled(row, o, xd[t, b], q4_k_isum(row, o, sc, fh, fl, t * k + b * BLOCK),
-                                  q4_k_msum(mn, fb, t * k // 16 + 16 * b))
-    out[:] = acc
-
-
-@njit
-def dots_q6_k(row, xd, x16, xh, xl, bsums, out):
-    acc = np.zeros(xd.shape[0])
+def unpack_q6_k(row, w16, dsc, msc):
+    """A Q6_K row -> w16 (K,) int16 = scale[j] * q (signed), dsc (K/256,) = d, msc zeros."""
+    msc[:] = 0
     for b in range(row.size // Q6_K_BYTES):
         o = b * Q6_K_BYTES
-        for t in range(xd.shape[0]):
-            acc[t] += q6_k_combine(row, o, b, xd[t], bsums[t], q6_k_isum_loop(row, o, x16[t], b * BLOCK))
-    out[:] = acc
+        dsc[b] = half_to_f32(f16_bits(row, o + 208))
+        q6_k_unpack16(row, o, w16, b * BLOCK)
 
 
 @njit
-def dots_q6_k_avx2(row, xd, x16, xh, xl, bsums, out):
-    n, k = xd.shape[0], x16.shape[1]
-    acc, isum = np.zeros(n), np.empty(NT16, np.int64)
-    f16, fh, fl, fb = x16.reshape(x16.size), xh.reshape(xh.size), xl.reshape(xl.size), bsums.reshape(bsums.size)
-    for b in range(row.size // Q6_K_BYTES):
-        o = b * Q6_K_BYTES
-        d = np.float64(f16_half(row, o + 208))
-        for t0 in range(0, n - NT16 + 1, NT16):
-            q6_k_isum_w16(row, o, f16, t0 * k + b * BLOCK, k, isum)  # signed quants: no offset term
-            for t in range(t0, t0 + NT16):  # = q6_k_scaled with d loaded once
-                acc[t] += np.float64(xd[t, b]) * d * np.float64(isum[t - t0])
-        for t in range(n - n % NT16, n):
-            acc[t] += q6_k_scaled(row, o, xd[t, b], q6_k_isum(row, o, fh, fl, t * k + b * BLOCK),
-                                  q6_k_offset(row, o, fb, t * k // 16 + 16 * b))
-    out[:] = acc
+def w16_row_loop(w16, dsc, msc, x16, xd, pairs, xo, bo):
+    """Portable simd.w16_row: the same int32 lanes, the same float32 operations in the same order."""
+    acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    lanes = np.empty(16, np.int32)
+    for b in range(w16.size // BLOCK):
+        lanes[:] = 0
+        for e in range(b * BLOCK, b * BLOCK + BLOCK):  # lane i of half h: elements 2i, 2i+1 of each 16
+            lanes[8 * ((e % BLOCK) // 128) + (e % 16) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
+        xb = xd[bo + b]
+        s = xb * dsc[b]
+        for i in range(8):
+            acc[i] += (np.float32(lanes[i]) + np.float32(lanes[8 + i])) * s
+            accm[i] += (msc[8 * b + i] * pairs[8 * (bo + b) + i]) * xb
+    return row_total(acc, accm)
+
+
+@njit
+def w16_row_avx2(w16, dsc, msc, x16, xd, pairs, xo, bo):
+    return w16_row(w16, dsc, msc, x16, xd, pairs, xo, bo)

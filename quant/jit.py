@@ -46,8 +46,11 @@ DEQUANT_SIG = types.void(ROW, OUT)  # dequantize(row, out (K,))
 DOT16_SIG = types.float64(ROW, VEC, types.Array(types.int16, 1, "C", readonly=True),
                           types.Array(types.int8, 1, "C", readonly=True), types.Array(types.int8, 1, "C", readonly=True),
                           types.Array(types.int32, 1, "C", readonly=True))
-# ... and for T tokens at once (prefill): the same arrays with a leading T axis, out (T,)
-DOTS16_SIG = types.void(ROW, *(types.Array(a.dtype, 2, "C", readonly=True) for a in DOT16_SIG.args[1:]), OUT)
+# Prefill (intdot.py): unpack(row, w16 (K,) i16, dsc (K/256,) f32, msc (K/32,) f32), then per token
+# dot(w16, dsc, msc, q16 (T*K,), xd (T*K/256,), pairs (T*K/32,) f32, t*K, t*K/256) -> float64
+UNPACK16_SIG = types.void(ROW, types.Array(types.int16, 1, "C"), OUT, OUT)
+W16_SIG = types.float64(types.Array(types.int16, 1, "C"), OUT, OUT, types.Array(types.int16, 1, "C", readonly=True),
+                        VEC, VEC, types.int64, types.int64)
 
 
 class FirstClass(WrapperAddressProtocol):

@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as T
 from . import intdot
 from .activations import quantize_activations
 from .formats import FORMATS
-from .jit import DEQUANT_SIG, DOT16_SIG, DOT_SIG, DOTS16_SIG, IDS, OUT, OUT2, ROWS, VEC, FirstClass, njit_parallel
+from .jit import DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W16_SIG, FirstClass, njit_parallel
 from .simd import HAS_AVX2
 from .tensor import QuantizedTensor
 
@@ -40,25 +40,38 @@ def _dot16_rows(dot, rows, xd, q16, hi, lo, bsums, out):
         out[r] = dot(rows[r], xd, q16, hi, lo, bsums)
 
 
-@njit_parallel(types.void(types.FunctionType(DOTS16_SIG), ROWS, *DOTS16_SIG.args[1:-1], OUT2))
-def _dots16_rows(dots, rows, xd, q16, hi, lo, bsums, out):  # out (N, T)
+@njit_parallel(types.void(types.FunctionType(UNPACK16_SIG), types.FunctionType(W16_SIG), ROWS,
+                         types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
+                         OUT2))
+def _w16_rows(unpack, dot, rows, x16, xd, pairs, out):  # x16 (T, K), xd (T, K/256), pairs (T, K/32) -> out (N, T)
+    n_t, k = x16.shape
+    nb = k // 256
+    xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), pairs.reshape(pairs.size)
     for r in prange(rows.shape[0]):
-        dots(rows[r], xd, q16, hi, lo, bsums, out[r])
+        w16, dsc, msc = np.empty(k, np.int16), np.empty(nb, np.float32), np.empty(8 * nb, np.float32)
+        unpack(rows[r], w16, dsc, msc)
+        for t in range(n_t):
+            out[r, t] = dot(w16, dsc, msc, xf, df, pf, t * k, t * nb)
 
 
 # Decode path of types with integer kernels (intdot.py): "avx2" or "portable", chosen once here from
 # the CPU's features; tests switch it to check that both paths agree.
 INT_PATH = "avx2" if HAS_AVX2 else "portable"
-_INT_KERNELS = {T.Q4_K: (intdot.dot_q4_k, intdot.dot_q4_k_avx2, intdot.dots_q4_k, intdot.dots_q4_k_avx2),
-                T.Q6_K: (intdot.dot_q6_k, intdot.dot_q6_k_avx2, intdot.dots_q6_k, intdot.dots_q6_k_avx2)}
-INT_MATMUL_MAX_T = 16  # prefill of Q4_K / Q6_K: integer kernels up to this many tokens, dequantize + BLAS above (faster from ~32)
-TILE_BYTES = 1 << 17  # prefill: a tile of tokens whose 16-bit activations fit in L2 meets each weight row
+_INT_KERNELS = {T.Q4_K: (intdot.dot_q4_k, intdot.dot_q4_k_avx2, intdot.unpack_q4_k),
+                T.Q6_K: (intdot.dot_q6_k, intdot.dot_q6_k_avx2, intdot.unpack_q6_k)}
+_W16_ROW = (intdot.w16_row_loop, intdot.w16_row_avx2)
+INT_MATMUL_MAX_T = 24  # prefill of Q4_K / Q6_K: integer kernels up to this many tokens, dequantize + BLAS above (faster from ~32)
+TILE_BYTES = 1 << 18  # prefill: a tile of tokens whose 16-bit activations fit in L2 meets each unpacked row
 
 
 @cache
-def _int_kernel(ggml_type: int, path: str, many: bool = False):
-    kernels = _INT_KERNELS[ggml_type]
-    return FirstClass(kernels[2 * many + (path == "avx2")], DOTS16_SIG if many else DOT16_SIG)
+def _int_kernel(ggml_type: int, path: str):
+    return FirstClass(_INT_KERNELS[ggml_type][path == "avx2"], DOT16_SIG)
+
+
+@cache
+def _prefill_kernels(ggml_type: int, path: str):
+    return FirstClass(_INT_KERNELS[ggml_type][2], UNPACK16_SIG), FirstClass(_W16_ROW[path == "avx2"], W16_SIG)
 
 
 @cache
@@ -117,16 +130,17 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
 
 
 def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
-    """Integer dot products for a tile of tokens at a time, each weight row read once per tile."""
-    acts = quantize_activations(x)
-    dots = _int_kernel(w.ggml_type, INT_PATH, True)
+    """Integer dot products for a tile of tokens at a time: each row is unpacked once per tile."""
+    xd, q16, _, _, bsums = quantize_activations(x)
+    pairs = (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32)  # (T, K/32): sums of q16 over each 32
+    kernels = _prefill_kernels(w.ggml_type, INT_PATH)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     tile = max(8, TILE_BYTES // (2 * x.shape[1]) // 8 * 8)
     part = np.empty((w.shape[0], min(tile, x.shape[0])), np.float32)  # (N, tile)
     for t0 in range(0, x.shape[0], tile):
         t1 = min(x.shape[0], t0 + tile)
         p = part[:, :t1 - t0] if t1 - t0 == part.shape[1] else np.empty((w.shape[0], t1 - t0), np.float32)
-        _dots16_rows(dots, w.data, *(a[t0:t1] for a in acts), p)
+        _w16_rows(*kernels, w.data, q16[t0:t1], xd[t0:t1], pairs[t0:t1], p)
         out[t0:t1] = p.T
     return out
 

@@ -104,6 +104,7 @@ def test_matmul_in_several_tiles(monkeypatch):
 def test_integer_path_vs_float64(ggml_type, monkeypatch):
     import quant.kernels as qk
     monkeypatch.setattr(qk, "INT_MATMUL_MAX_T", 1 << 30)  # integer prefill at every T (default: small T)
+    monkeypatch.setattr(qk, "TILE_BYTES", 1 << 15)  # tiles of 16 tokens at K = 768
     w = random_tensor(ggml_type, (N, K), seed=11)
     wf = dequantize(w).astype(np.float64)
     rng = np.random.default_rng(12)
@@ -272,18 +273,19 @@ def test_second_process_compiles_nothing():
         from quant.formats import FORMATS
         import quant.kernels as qk
         from quant import activations
-        from quant.kernels import _dequantize_rows, _dot_rows, _dot16_rows, _dots16_rows
+        from quant.kernels import _dequantize_rows, _dot_rows, _dot16_rows, _w16_rows
         for t, fmt in FORMATS.items():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
             matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((2, 768), np.float32))
             matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((2, 768), np.float32), exact=True)
-        kernels = [_dot_rows, _dequantize_rows, _dot16_rows, _dots16_rows, activations.quantize, activations.quantize_rows]
+        kernels = [_dot_rows, _dequantize_rows, _dot16_rows, _w16_rows, activations.quantize, activations.quantize_rows]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
-        kernels += [k for ks in qk._INT_KERNELS.values() for k in ks[1 if qk.INT_PATH == "avx2" else 0::2]]
+        kernels += [k for ks in qk._INT_KERNELS.values() for k in (ks[qk.INT_PATH == "avx2"], ks[2])]
+        kernels += [qk._W16_ROW[qk.INT_PATH == "avx2"]]
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     misses, hits = map(int, out.stdout.split())
-    assert misses == 0 and hits == 6 + 2 * len(FORMATS) + 2 * len(INT_KERNELS), out.stdout
+    assert misses == 0 and hits == 6 + 2 * len(FORMATS) + 2 * len(INT_KERNELS) + 1, out.stdout
