@@ -7,10 +7,14 @@ When the conversation no longer fits, the oldest turns go (the system prompt sta
 """
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import json
+import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .cache import ContextFullError
@@ -168,19 +172,94 @@ class ChatSession:
         return True
 
 
+class PromptInterrupts:
+    """While active, every SIGINT ends an input() waiting at a readline prompt (main thread only).
+
+    CPython's readline module waits for keys in select() and runs signal handlers only when that
+    select() fails with EINTR. A SIGINT that arrives while the main thread is anywhere else (still
+    echoing the key typed just before the Ctrl-C), or that another thread takes, is recorded and left
+    pending: input() goes back into select() and sleeps on, so the Ctrl-C is lost and the next Enter
+    sends the line it was meant to clear. So every signal also writes its number to a pipe
+    (signal.set_wakeup_fd); a watcher thread counts the SIGINTs there against the runs of the SIGINT
+    handler, and while one is owed it sends the main thread NUDGE, which interrupts select() and so
+    makes readline run the pending handler. NUDGE's handler is a C one (faulthandler's, writing to
+    /dev/null): a Python handler could run inside input()'s own signal check, which it makes with the
+    KeyboardInterrupt already raised, and that is a SystemError."""
+
+    NUDGE = getattr(signal, "SIGUSR2", None)   # None: not a POSIX system, no guard
+
+    def __init__(self):
+        self.handled, self.stopping = 0, False
+
+    def _on_sigint(self, signum, frame):
+        self.handled += 1
+        raise KeyboardInterrupt
+
+    def _watch(self, main: int) -> None:
+        seen = 0
+        while True:
+            got = os.read(self.r, 512)
+            if not got:   # __exit__ closed the write end
+                return
+            seen += got.count(signal.SIGINT)
+            give_up = time.monotonic() + 2
+            while self.handled < seen and not self.stopping:
+                if time.monotonic() > give_up:   # two SIGINTs that one handler run took care of
+                    seen = self.handled
+                    break
+                signal.pthread_kill(main, self.NUDGE)
+                time.sleep(0.01)
+
+    def __enter__(self):
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.w, False)
+        self.devnull = open(os.devnull, "w")
+        faulthandler.register(self.NUDGE, file=self.devnull, all_threads=False)
+        self.old_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        self.old_fd = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+        # the watcher never takes a SIGINT itself (threads inherit the mask of the thread starting them)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, self.NUDGE})
+        try:
+            self.watcher = threading.Thread(target=self._watch, args=(threading.get_ident(),),
+                                            name="ctrl-c watcher", daemon=True)
+            self.watcher.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping = True
+        signal.set_wakeup_fd(self.old_fd)
+        os.close(self.w)
+        self.watcher.join()
+        os.close(self.r)
+        signal.signal(signal.SIGINT, self.old_sigint)
+        faulthandler.unregister(self.NUDGE)
+        self.devnull.close()
+
+
 def loop(session: ChatSession, ask=None) -> None:
     """Read, answer, repeat, until /exit or Ctrl-D. Prompts show only when stdin is a terminal."""
+    terminal = ask is None and sys.stdin.isatty()
     if ask is None:
-        ask = input if sys.stdin.isatty() else lambda _prompt: input()
+        ask = input if terminal else lambda _prompt: input()
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
+    guard = contextlib.nullcontext()
     # Ctrl-C is how a chat stops an answer: take it even if we were started with SIGINT ignored
     # (as a shell does for background jobs) or blocked.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if terminal and PromptInterrupts.NUDGE is not None:
+            guard = PromptInterrupts()
+    with guard:
+        _loop(session, ask)
+
+
+def _loop(session: ChatSession, ask) -> None:
     session._note("[chat: /help for commands, Ctrl-C stops an answer, Ctrl-D or /exit leaves]")
     while True:
         try:
