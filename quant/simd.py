@@ -109,6 +109,18 @@ def _even_odd_sum(builder, v16):  # <16 x i32> -> <8 x i32>: v[2i] + v[2i+1]
     return builder.add(pick(0), pick(1))
 
 
+def _q6_k_quants(builder, rp, at, h):
+    """The unsigned quants u (0..63) of half h of a Q6_K block as four <32 x i8>, elements 128 h + 32 c + l."""
+    splat8 = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
+    m15, m48 = splat8(15), splat8(48)
+    a, cc = _load_at(builder, rp, at(64 * h), V32I8), _load_at(builder, rp, at(64 * h + 32), V32I8)
+    e = _load_at(builder, rp, at(128 + 32 * h), V32I8)
+    return (builder.or_(builder.and_(a, m15), builder.and_(builder.shl(e, splat8(4)), m48)),
+            builder.or_(builder.and_(cc, m15), builder.and_(builder.shl(e, splat8(2)), m48)),
+            builder.or_(builder.lshr(a, splat8(4)), builder.and_(e, m48)),
+            builder.or_(builder.lshr(cc, splat8(4)), builder.and_(builder.lshr(e, splat8(2)), m48)))
+
+
 def _row_args_ok(row, xd, xh, xl, bsums):
     return _ok(row, xh, xl) and xd in F32ARR and bsums in I32ARR
 
@@ -178,15 +190,8 @@ def q6_k_row(typingctx, row, xd, xh, xl, bsums):
         scales = builder.sext(scales8, V16I16)
         y = builder.mul(b, ir.Constant(I64, 256))
         acc_h = acc_l = None
-        m15, m48 = op.splat8(15), op.splat8(48)
         for h in range(2):
-            a, cc = _load_at(builder, row_, at(64 * h), V32I8), _load_at(builder, row_, at(64 * h + 32), V32I8)
-            e = _load_at(builder, row_, at(128 + 32 * h), V32I8)
-            quants = (builder.or_(builder.and_(a, m15), builder.and_(builder.shl(e, op.splat8(4)), m48)),
-                      builder.or_(builder.and_(cc, m15), builder.and_(builder.shl(e, op.splat8(2)), m48)),
-                      builder.or_(builder.lshr(a, op.splat8(4)), builder.and_(e, m48)),
-                      builder.or_(builder.lshr(cc, op.splat8(4)), builder.and_(builder.lshr(e, op.splat8(2)), m48)))
-            for col, q in enumerate(quants):
+            for col, q in enumerate(_q6_k_quants(builder, row_, at, h)):
                 j = 8 * h + 2 * col  # scale of elements l < 16; j + 1 for l >= 16
                 scale = builder.shuffle_vector(scales, ir.Constant(V16I16, None),
                                                ir.Constant(ir.VectorType(I32, 16), [j] * 8 + [j + 1] * 8))
@@ -301,16 +306,8 @@ def q6_k_unpack16(typingctx, row, o, w16, y):
         at = lambda k: builder.add(o_, ir.Constant(I64, k))  # noqa: E731
         v32i16 = ir.VectorType(I16, 32)
         scales = builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16)
-        splat8 = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
-        m15, m48 = splat8(15), splat8(48)
         for h in range(2):
-            a, cc = _load_at(builder, rp, at(64 * h), V32I8), _load_at(builder, rp, at(64 * h + 32), V32I8)
-            e = _load_at(builder, rp, at(128 + 32 * h), V32I8)
-            quants = (builder.or_(builder.and_(a, m15), builder.and_(builder.shl(e, splat8(4)), m48)),
-                      builder.or_(builder.and_(cc, m15), builder.and_(builder.shl(e, splat8(2)), m48)),
-                      builder.or_(builder.lshr(a, splat8(4)), builder.and_(e, m48)),
-                      builder.or_(builder.lshr(cc, splat8(4)), builder.and_(builder.lshr(e, splat8(2)), m48)))
-            for col, q in enumerate(quants):
+            for col, q in enumerate(_q6_k_quants(builder, rp, at, h)):
                 j = 8 * h + 2 * col
                 scale = builder.shuffle_vector(scales, ir.Constant(V16I16, None),
                                                ir.Constant(ir.VectorType(I32, 32), [j] * 16 + [j + 1] * 16))
