@@ -16,10 +16,10 @@ import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import q4_k_row, q4_k_unpack16, q6_k_row, q6_k_unpack16, w16_row
+from .simd import q4_k_row, q4_k_unpack16, q5_k_row, q6_k_row, q6_k_unpack16, q8_0_row, w16_row
 
 BLOCK = 256
-Q4_K_BYTES, Q6_K_BYTES = 144, 210
+Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
 
 
 @njit(inline="always")
@@ -47,21 +47,25 @@ def row_total(acc, accm):
     return sv - sm
 
 
-@njit
-def dot_q4_k(row, xd, x16, xh, xl, bsums):
-    """Portable simd.q4_k_row: the same integer lanes and the same float32 operations in the same order."""
+@njit(inline="always")
+def k_row_loop(row, xd, x16, bsums, nbytes, qh_at, qs_at):
+    """Portable simd._q4_5_k_row (Q4_K: qh_at < 0): the same integer lanes and the same float32
+    operations in the same order."""
     w32 = row.view(np.uint32)
     acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
     lane = np.empty(8, np.int32)
-    for b in range(row.size // Q4_K_BYTES):
-        o = b * Q4_K_BYTES
+    for b in range(row.size // nbytes):
+        o = b * nbytes
         sc, mn = q4_k_scales(w32, o // 4 + 1)
         lane[:] = 0
         for s in range(8):
             c = np.int32((sc >> np.uint64(8 * s)) & np.uint64(255))
-            base, shift, y = o + 16 + 32 * (s // 2), 4 * (s % 2), b * BLOCK + 32 * s
+            base, shift, y = o + qs_at + 32 * (s // 2), 4 * (s % 2), b * BLOCK + 32 * s
             for l in range(32):
-                lane[l // 4] += c * ((np.int32(row[base + l]) >> shift) & 15) * np.int32(x16[y + l])
+                q = (np.int32(row[base + l]) >> shift) & 15
+                if qh_at >= 0:
+                    q |= ((np.int32(row[o + qh_at + l]) >> s) & 1) << 4
+                lane[l // 4] += c * q * np.int32(x16[y + l])
         xdb = np.float32(xd[b])
         dd, dm = xdb * half_to_f32(f16_bits(row, o)), xdb * half_to_f32(f16_bits(row, o + 2))
         for s in range(8):
@@ -69,6 +73,42 @@ def dot_q4_k(row, xd, x16, xh, xl, bsums):
             acc[s] += np.float32(lane[s]) * dd
             accm[s] += np.float32(m) * dm
     return row_total(acc, accm)
+
+
+@njit
+def dot_q4_k(row, xd, x16, xh, xl, bsums):
+    return k_row_loop(row, xd, x16, bsums, Q4_K_BYTES, -1, 16)
+
+
+@njit
+def dot_q5_k(row, xd, x16, xh, xl, bsums):
+    return k_row_loop(row, xd, x16, bsums, Q5_K_BYTES, 16, 48)
+
+
+@njit
+def dot_q5_k_avx2(row, xd, x16, xh, xl, bsums):
+    return q5_k_row(row, xd, xh, xl, bsums)
+
+
+@njit
+def dot_q8_0(row, xd, x16, xh, xl, bsums):
+    """Portable simd.q8_0_row."""
+    q8 = row.view(np.int8)
+    acc, lanes = np.zeros(8, np.float32), np.empty(8, np.int32)
+    for b in range(row.size // Q8_0_BYTES):
+        o, y = b * Q8_0_BYTES, 32 * b
+        lanes[:] = 0
+        for e in range(32):   # lane i: elements 2i, 2i+1 of each 16
+            lanes[(e % 16) // 2] += np.int32(q8[o + 2 + e]) * np.int32(x16[y + e])
+        s = half_to_f32(f16_bits(row, o)) * np.float32(xd[b // 8])
+        for i in range(8):
+            acc[i] += np.float32(lanes[i]) * s
+    return row_total(acc, np.zeros(8, np.float32))
+
+
+@njit
+def dot_q8_0_avx2(row, xd, x16, xh, xl, bsums):
+    return q8_0_row(row, xd, x16)
 
 
 @njit

@@ -58,7 +58,9 @@ def _w16_rows(unpack, dot, rows, x16, xd, pairs, out):  # x16 (T, K), xd (T, K/2
 # the CPU's features; tests switch it to check that both paths agree.
 INT_PATH = "avx2" if HAS_AVX2 else "portable"
 _INT_KERNELS = {T.Q4_K: (intdot.dot_q4_k, intdot.dot_q4_k_avx2, intdot.unpack_q4_k),
-                T.Q6_K: (intdot.dot_q6_k, intdot.dot_q6_k_avx2, intdot.unpack_q6_k)}
+                T.Q6_K: (intdot.dot_q6_k, intdot.dot_q6_k_avx2, intdot.unpack_q6_k),
+                T.Q5_K: (intdot.dot_q5_k, intdot.dot_q5_k_avx2, None),   # None: prefill dequantizes, BLAS
+                T.Q8_0: (intdot.dot_q8_0, intdot.dot_q8_0_avx2, None)}
 _W16_ROW = (intdot.w16_row_loop, intdot.w16_row_avx2)
 INT_MATMUL_MAX_T = 24  # prefill of Q4_K / Q6_K: integer kernels up to this many tokens, dequantize + BLAS above (faster from ~32)
 TILE_BYTES = 1 << 18  # prefill: a tile of tokens whose 16-bit activations fit in L2 meets each unpacked row
@@ -97,12 +99,13 @@ def _activations(x: np.ndarray, k: int, ndim: int, op: str) -> np.ndarray:
 
 def matvec(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray:
     """w (N, K) @ x (K,) -> float32 (N,): one fused dequantize-and-dot per row, rows in parallel.
-    Q4_K and Q6_K rows take integer dot products against x quantized to 16 bits per 256-block
-    (relative error ~3e-5, activations.py) unless exact: then float32 weights times float32 x."""
+    Q4_K, Q5_K, Q6_K and Q8_0 rows (K a multiple of 256) take integer dot products against x quantized
+    to 16 bits per 256-block (relative error ~3e-5, activations.py) unless exact: then float32 weights
+    times float32 x."""
     n, k = _matrix(w, "matvec")
     x = _activations(x, k, 1, "matvec")
     out = np.empty(n, np.float32)
-    if not exact and w.ggml_type in _INT_KERNELS:
+    if not exact and w.ggml_type in _INT_KERNELS and k % 256 == 0:
         _dot16_rows(_int_kernel(w.ggml_type, INT_PATH), w.data, *quantize_activations(x), out)
     else:
         _dot_rows(_kernels(w.ggml_type)[0], w.data, x, out)
@@ -116,7 +119,7 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     x = _activations(x, k, 2, "matmul")
     if x.shape[0] == 1:
         return matvec(w, x[0], exact)[None, :]
-    if not exact and w.ggml_type in _INT_KERNELS and x.shape[0] <= INT_MATMUL_MAX_T:
+    if not exact and _INT_KERNELS.get(w.ggml_type, (None,) * 3)[2] and x.shape[0] <= INT_MATMUL_MAX_T:
         return _int_matmul(w, x)
     dequantize_row = _kernels(w.ggml_type)[1]
     out = np.empty((x.shape[0], n), np.float32)

@@ -61,7 +61,8 @@ I16ARR = (types.Array(types.int16, 1, "C", readonly=True), types.Array(types.int
 
 def _row_loop(context, builder, sig, args, block_bytes, body):
     """Loop over the blocks of a row: body(op, data, b) -> (lane <8 x float>, scale, mlane <8 x float>, mscale)
-    with acc += lane * scale, accm += mlane * mscale; returns sum(acc) - sum(accm) as a double."""
+    with acc += lane * scale, accm += mlane * mscale (mlane None: no accm); returns sum(acc) - sum(accm) as
+    a double."""
     op = _Ops(context, builder)
     data = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a for t, a in zip(sig.args, args)]
     n = builder.udiv(data[0].nitems, ir.Constant(I64, block_bytes))
@@ -75,7 +76,7 @@ def _row_loop(context, builder, sig, args, block_bytes, body):
     splat = lambda f: builder.shuffle_vector(  # noqa: E731
         builder.insert_element(ir.Constant(V8F, None), f, ir.Constant(I32, 0)), ir.Constant(V8F, None), ir.Constant(V8I32, [0] * 8))
     acc2 = builder.fadd(acc, builder.fmul(lane, splat(scale)))
-    accm2 = builder.fadd(accm, builder.fmul(mlane, splat(mscale)))
+    accm2 = accm if mlane is None else builder.fadd(accm, builder.fmul(mlane, splat(mscale)))
     b2 = builder.add(b, ir.Constant(I64, 1))
     end = builder.block
     builder.cbranch(builder.icmp_signed("<", b2, n), loop, done)
@@ -125,51 +126,88 @@ def _row_args_ok(row, xd, xh, xl, bsums):
     return _ok(row, xh, xl) and xd in F32ARR and bsums in I32ARR
 
 
+def _q4_5_k_row(block_bytes, qh_at, qs_at):
+    """The row intrinsic of Q4_K (qh_at None) or Q5_K (a fifth bit per weight in 32 bytes at qh_at: bit s of
+    byte l belongs to element l of sub-block s). Scales and mins are packed alike in both."""
+    @intrinsic
+    def k_row(typingctx, row, xd, xh, xl, bsums):
+        if not _row_args_ok(row, xd, xh, xl, bsums):
+            return None
+
+        def body(op, ptrs, b):
+            builder = op.b
+            row_, xd_, xh_, xl_, bs_ = ptrs
+            o = builder.mul(b, ir.Constant(I64, block_bytes))
+            at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
+            d, dmin = _half(builder, row_, o), _half(builder, row_, at(2))
+            w0, w1, w2 = (_load_at(builder, row_, at(4 + 4 * i), I32) for i in range(3))
+            c = lambda v: ir.Constant(I32, v)  # noqa: E731
+            six = lambda w: builder.and_(builder.lshr(w, c(6)), c(0x03030303))  # noqa: E731
+            sc = (builder.and_(w0, c(0x3F3F3F3F)), builder.or_(builder.and_(w2, c(0x0F0F0F0F)), builder.shl(six(w0), c(4))))
+            mn = (builder.and_(w1, c(0x3F3F3F3F)),
+                  builder.or_(builder.and_(builder.lshr(w2, c(4)), c(0x0F0F0F0F)), builder.shl(six(w1), c(4))))
+            pair = lambda lo, hi: builder.bitcast(  # noqa: E731
+                builder.insert_element(builder.insert_element(ir.Constant(ir.VectorType(I32, 2), None), lo, c(0)), hi, c(1)),
+                ir.VectorType(I8, 8))
+            scales = builder.zext(pair(*sc), ir.VectorType(I16, 8))
+            y = builder.mul(b, ir.Constant(I64, 256))
+            qh = None if qh_at is None else _load_at(builder, row_, at(qh_at), V32I8)
+            acc_h = acc_l = None
+            for g in range(4):
+                v = _load_at(builder, row_, at(qs_at + 32 * g), V32I8)
+                for half, q in enumerate((builder.and_(v, op.splat8(15)), builder.lshr(v, op.splat8(4)))):
+                    s = 2 * g + half
+                    if qh is not None:   # q |= ((qh >> s) & 1) << 4
+                        q = builder.or_(q, builder.shl(builder.and_(builder.lshr(qh, op.splat8(s)), op.splat8(1)), op.splat8(4)))
+                    scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 16), [s] * 16))
+                    off = builder.add(y, ir.Constant(I64, 32 * s))
+                    ph = op.madd(op.maddubs(q, _load_at(builder, xh_, off, V32I8)), scale)
+                    pl = op.madd(op.maddubs(q, _load_at(builder, xl_, off, V32I8)), scale)
+                    acc_h = ph if acc_h is None else builder.add(acc_h, ph)
+                    acc_l = pl if acc_l is None else builder.add(acc_l, pl)
+            # a lane: 8 sub-blocks x scale 63 x 4 x 31 x 128 < 8.1e6 per plane; 257 x that < 2**31
+            lane = builder.add(builder.shl(acc_h, ir.Constant(V8I32, [8] * 8)), acc_l)
+            pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
+            m = builder.mul(builder.zext(pair(*mn), V8I32), pairs)  # min[s] * bsums of sub-block s: < 63 * 1.05e6
+            xdb = _load_at(builder, xd_, b, ir.FloatType())
+            return (builder.sitofp(lane, V8F), builder.fmul(xdb, d), builder.sitofp(m, V8F), builder.fmul(xdb, dmin))
+
+        def codegen(context, builder, sig, args):
+            return _row_loop(context, builder, sig, args, block_bytes, body)
+
+        return types.float64(row, xd, xh, xl, bsums), codegen
+    return k_row
+
+
+q4_k_row = _q4_5_k_row(144, None, 16)   # sum_e w[e] * x[e] over a Q4_K row, x as activations.py's (xd, hi, lo, bsums)
+q5_k_row = _q4_5_k_row(176, 16, 48)     # ... over a Q5_K row
+
+
 @intrinsic
-def q4_k_row(typingctx, row, xd, xh, xl, bsums):
-    """sum_e w[e] * x[e] over a Q4_K row, x given as activations.py's (xd, hi, lo, bsums)."""
-    if not _row_args_ok(row, xd, xh, xl, bsums):
+def q8_0_row(typingctx, row, xd, x16):
+    """sum_e w[e] * x[e] over a Q8_0 row (blocks of 32: f16 d, 32 int8) against the 16-bit activations
+    directly: sign-extended weights meet q16 in pmaddwd (exact int32 lanes), then per block
+    acc += f32(lanes) * (d * xd[b // 8]). No mins."""
+    if not (_ok(row) and xd in F32ARR and x16 in I16ARR):
         return None
 
     def body(op, ptrs, b):
         builder = op.b
-        row_, xd_, xh_, xl_, bs_ = ptrs
-        o = builder.mul(b, ir.Constant(I64, 144))
-        at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
-        d, dmin = _half(builder, row_, o), _half(builder, row_, at(2))
-        w0, w1, w2 = (_load_at(builder, row_, at(4 + 4 * i), I32) for i in range(3))
-        c = lambda v: ir.Constant(I32, v)  # noqa: E731
-        six = lambda w: builder.and_(builder.lshr(w, c(6)), c(0x03030303))  # noqa: E731
-        sc = (builder.and_(w0, c(0x3F3F3F3F)), builder.or_(builder.and_(w2, c(0x0F0F0F0F)), builder.shl(six(w0), c(4))))
-        mn = (builder.and_(w1, c(0x3F3F3F3F)),
-              builder.or_(builder.and_(builder.lshr(w2, c(4)), c(0x0F0F0F0F)), builder.shl(six(w1), c(4))))
-        pair = lambda lo, hi: builder.bitcast(  # noqa: E731
-            builder.insert_element(builder.insert_element(ir.Constant(ir.VectorType(I32, 2), None), lo, c(0)), hi, c(1)),
-            ir.VectorType(I8, 8))
-        scales = builder.zext(pair(*sc), ir.VectorType(I16, 8))
-        y = builder.mul(b, ir.Constant(I64, 256))
-        acc_h = acc_l = None
-        for g in range(4):
-            v = _load_at(builder, row_, at(16 + 32 * g), V32I8)
-            for half, q in enumerate((builder.and_(v, op.splat8(15)), builder.lshr(v, op.splat8(4)))):
-                s = 2 * g + half
-                scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 16), [s] * 16))
-                off = builder.add(y, ir.Constant(I64, 32 * s))
-                ph = op.madd(op.maddubs(q, _load_at(builder, xh_, off, V32I8)), scale)
-                pl = op.madd(op.maddubs(q, _load_at(builder, xl_, off, V32I8)), scale)
-                acc_h = ph if acc_h is None else builder.add(acc_h, ph)
-                acc_l = pl if acc_l is None else builder.add(acc_l, pl)
-        # a lane: 8 sub-blocks x scale 63 x 4 x 15 x 128 < 3.9e6 per plane; 257 x that < 2**31
-        lane = builder.add(builder.shl(acc_h, ir.Constant(V8I32, [8] * 8)), acc_l)
-        pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
-        m = builder.mul(builder.zext(pair(*mn), V8I32), pairs)  # min[s] * bsums of sub-block s: < 63 * 1.05e6
-        xdb = _load_at(builder, xd_, b, ir.FloatType())
-        return (builder.sitofp(lane, V8F), builder.fmul(xdb, d), builder.sitofp(m, V8F), builder.fmul(xdb, dmin))
+        row_, xd_, x_ = ptrs
+        o = builder.mul(b, ir.Constant(I64, 34))
+        y = builder.mul(b, ir.Constant(I64, 32))
+        lanes = None
+        for c in range(2):
+            q = builder.sext(_load_at(builder, row_, builder.add(o, ir.Constant(I64, 2 + 16 * c)), V16I8), V16I16)
+            p = op.madd(q, _load_at(builder, x_, builder.add(y, ir.Constant(I64, 16 * c)), V16I16))
+            lanes = p if lanes is None else builder.add(lanes, p)
+        xdb = _load_at(builder, xd_, builder.udiv(b, ir.Constant(I64, 8)), ir.FloatType())
+        return builder.sitofp(lanes, V8F), builder.fmul(_half(builder, row_, o), xdb), None, None
 
     def codegen(context, builder, sig, args):
-        return _row_loop(context, builder, sig, args, 144, body)
+        return _row_loop(context, builder, sig, args, 34, body)
 
-    return types.float64(row, xd, xh, xl, bsums), codegen
+    return types.float64(row, xd, x16), codegen
 
 
 @intrinsic
