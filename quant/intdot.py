@@ -4,9 +4,10 @@ Per super-block b the weights are w[e] = d * scale[s] * q[e] - dmin * min[s] (Q4
 d * scale[j] * (u[e] - 32) (Q6_K, u = q + 32 in 0..63), the activations x[e] ~ xd[b] * q16[e], so
     Q4_K: sum_e w x = xd * (d * sum_s scale[s] * sum q q16 - dmin * sum_s min[s] * bsum[s])
     Q6_K: sum_e w x = xd * d * (sum_j scale[j] * sum u q16 - 32 * sum_j scale[j] * bsum[j])
-Decode (jit.DOT16_SIG): dot_<type>_avx2 is one intrinsic per row (simd.q4_k_row, q6_k_row) that keeps
-exact integer sums in 8 lanes per block and accumulates them in float32 vectors, with one horizontal
-sum per row; dot_<type> is the portable path for CPUs without AVX2, the same lanes and the same
+(Q5_K is Q4_K with 5-bit quants; Q8_0 has blocks of 32, one scale each, no mins, and meets q16 directly.)
+Decode (jit.DOT16_SIG): dot_<type>_avx2 is one intrinsic per row (simd.q4_k_row, q5_k_row, q6_k_row,
+q8_0_row) that keeps exact integer sums in 8 lanes per block and accumulates them in float32 vectors,
+with one horizontal sum per row; dot_<type> is the portable path for CPUs without AVX2, the same lanes and the same
 float32 operations in the same order, so both give the same bits.
 Prefill (jit.UNPACK16_SIG, jit.W16_SIG): unpack_<type> turns a row into int16 weights times their
 sub-block scales once, then w16_row[_avx2] (simd.w16_row) takes its dot product with each token's
