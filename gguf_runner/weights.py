@@ -51,29 +51,40 @@ class Weights:
         return [self[f"blk.{layer}.ffn_{kind}.{e}.weight"] for e in range(n_experts)]
 
     def check(self, args: ModelArgs) -> None:
-        """Every tensor the forward pass needs is present with the right shape; nothing unknown is there."""
+        """Every tensor the forward pass needs is present with the right shape; nothing unknown is there.
+        Names are checked as they are listed, so a file stops at its first missing tensor: metadata that
+        claims a billion layers or experts costs no more than the file's own tensor count."""
         D, F, V = args.dim, args.hidden_dim, args.n_vocab
         q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
-        want = {"token_embd.weight": (V, D), "output_norm.weight": (D,)}
-        if "output.weight" in self:
-            want["output.weight"] = (V, D)
-        for i in range(args.n_layers):
-            p = f"blk.{i}."
-            want.update({p + "attn_norm.weight": (D,), p + "attn_q.weight": (q, D), p + "attn_k.weight": (kv, D),
-                         p + "attn_v.weight": (kv, D), p + "attn_output.weight": (D, q), p + "ffn_norm.weight": (D,)})
-            if args.moe is None:
-                want.update({p + "ffn_gate.weight": (F, D), p + "ffn_up.weight": (F, D), p + "ffn_down.weight": (D, F)})
-                continue
-            E = args.moe.n_experts
-            want[p + "ffn_gate_inp.weight"] = (E, D)
-            for kind, shape in (("gate", (F, D)), ("up", (F, D)), ("down", (D, F))):
-                if f"{p}ffn_{kind}_exps.weight" in self:
-                    want[f"{p}ffn_{kind}_exps.weight"] = (E, *shape)
-                else:
-                    want.update({f"{p}ffn_{kind}.{e}.weight": shape for e in range(E)})
-        for name, shape in want.items():
+        want = {}
+
+        def need(name: str, shape: tuple) -> None:
             if name not in self:
                 raise ModelError(f"missing tensor {name}")
+            want[name] = shape
+
+        need("token_embd.weight", (V, D))
+        need("output_norm.weight", (D,))
+        if "output.weight" in self:
+            need("output.weight", (V, D))
+        for i in range(args.n_layers):
+            p = f"blk.{i}."
+            for name, shape in (("attn_norm", (D,)), ("attn_q", (q, D)), ("attn_k", (kv, D)), ("attn_v", (kv, D)),
+                                ("attn_output", (D, q)), ("ffn_norm", (D,))):
+                need(f"{p}{name}.weight", shape)
+            if args.moe is None:
+                for name, shape in (("ffn_gate", (F, D)), ("ffn_up", (F, D)), ("ffn_down", (D, F))):
+                    need(f"{p}{name}.weight", shape)
+                continue
+            E = args.moe.n_experts
+            need(p + "ffn_gate_inp.weight", (E, D))
+            for kind, shape in (("gate", (F, D)), ("up", (F, D)), ("down", (D, F))):
+                if f"{p}ffn_{kind}_exps.weight" in self:
+                    need(f"{p}ffn_{kind}_exps.weight", (E, *shape))
+                else:
+                    for e in range(E):
+                        need(f"{p}ffn_{kind}.{e}.weight", shape)
+        for name, shape in want.items():
             got = tuple(self.file.tensors[name].shape)
             if got != shape:
                 raise ModelError(f"tensor {name} has shape {got}, expected {shape}")

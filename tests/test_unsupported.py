@@ -65,6 +65,22 @@ def test_missing_tensor(tmp_path):
     assert code == 2 and "missing tensor blk.0.attn_k.weight" in out
 
 
+class Field:
+    """Stands in for a gguf ReaderField in write_with: one scalar value of a given type."""
+    def __init__(self, value, vtype):
+        self.value, self.types = value, [vtype]
+
+    def contents(self):
+        return self.value
+
+
+def test_metadata_claiming_a_billion_layers_fails_at_the_first_missing_one(tmp_path):
+    def edit(tensors, fields):
+        fields["llama.block_count"] = Field(10**9, gguf.GGUFValueType.UINT32)
+    code, out = run_cli(write_with(tmp_path / "m.gguf", edit))   # a hang before (one name per claimed layer)
+    assert code == 2 and "missing tensor blk.1.attn_norm.weight" in out and len(out.splitlines()) == 1
+
+
 def test_wrong_shape(tmp_path):
     def edit(tensors, fields):
         data, qtype = tensors["blk.0.attn_q.weight"]
