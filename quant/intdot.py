@@ -12,12 +12,14 @@ float32 operations in the same order, so both give the same bits.
 Prefill (jit.UNPACK16_SIG, jit.W16_SIG): unpack_<type> turns a row into int16 weights times their
 sub-block scales once, then w16_row[_avx2] (simd.w16_row) takes its dot product with each token's
 q16 (pmaddwd), the same lanes-then-float32 scheme. Its rounding differs from decode's by ~1e-7.
+Rows streamed from memory are prefetched ahead (simd.PREFETCH_AHEAD) in the AVX2 and unpack paths; the
+portable decode loops are compute-bound and do without.
 """
 import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import q4_k_row, q4_k_unpack16, q5_k_row, q6_k_row, q6_k_unpack16, q8_0_row, w16_row
+from .simd import prefetch_block, q4_k_row, q4_k_unpack16, q5_k_row, q6_k_row, q6_k_unpack16, q8_0_row, w16_row
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -156,6 +158,7 @@ def unpack_q4_k(row, w16, dsc, msc):
     w32 = row.view(np.uint32)
     for b in range(row.size // Q4_K_BYTES):
         o = b * Q4_K_BYTES
+        prefetch_block(row, o, Q4_K_BYTES)
         sc, mn = q4_k_scales(w32, o // 4 + 1)
         dsc[b], dmin = half_to_f32(f16_bits(row, o)), half_to_f32(f16_bits(row, o + 2))
         for s in range(8):
@@ -169,6 +172,7 @@ def unpack_q6_k(row, w16, dsc, msc):
     msc[:] = 0
     for b in range(row.size // Q6_K_BYTES):
         o = b * Q6_K_BYTES
+        prefetch_block(row, o, Q6_K_BYTES)
         dsc[b] = half_to_f32(f16_bits(row, o + 208))
         q6_k_unpack16(row, o, w16, b * BLOCK)
 
