@@ -9,9 +9,10 @@ Decode (jit.DOT16_SIG): dot_<type>_avx2 is one intrinsic per row (simd.q4_k_row,
 q8_0_row) that keeps exact integer sums in 8 lanes per block and accumulates them in float32 vectors,
 with one horizontal sum per row; dot_<type> is the portable path for CPUs without AVX2, the same lanes and the same
 float32 operations in the same order, so both give the same bits.
-Prefill (jit.UNPACK16_SIG, jit.W16_SIG): unpack_<type> turns a row into int16 weights times their
-sub-block scales once, then w16_row[_avx2] (simd.w16_row) takes its dot product with each token's
-q16 (pmaddwd), the same lanes-then-float32 scheme. Its rounding differs from decode's by ~1e-7.
+Prefill (jit.UNPACK16_SIG, jit.W2X2_SIG): unpack_<type> turns a row into int16 weights times their
+sub-block scales once, then w16_2x2[_avx2] (simd.w16_2x2) takes the dot products of two such rows with
+two tokens' q16 at a time (pmaddwd), the same lanes-then-float32 scheme; simd.w16_mins adds Q4_K's mins.
+Its rounding differs from decode's by ~1e-7.
 Rows streamed from memory are prefetched ahead (simd.PREFETCH_AHEAD) in the AVX2 and unpack paths; the
 portable decode loops are compute-bound and do without.
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import prefetch_block, q4_k_row, q4_k_unpack16, q5_k_row, q6_k_row, q6_k_unpack16, q8_0_row, w16_row
+from .simd import prefetch_block, q4_k_row, q4_k_unpack16, q5_k_row, q6_k_row, q6_k_unpack16, q8_0_row, w16_2x2
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -177,23 +178,31 @@ def unpack_q6_k(row, w16, dsc, msc):
         q6_k_unpack16(row, o, w16, b * BLOCK)
 
 
-@njit
-def w16_row_loop(w16, dsc, msc, x16, xd, pairs, xo, bo):
-    """Portable simd.w16_row: the same int32 lanes, the same float32 operations in the same order."""
-    acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
+@njit(inline="always")
+def w16_acc_loop(w16, dsc, x16, xd, xo, bo):
+    """Portable simd.w16_2x2 for one (row, token): sum_L acc[L], the same int32 lanes and float32
+    operations in the same order."""
+    acc = np.zeros(8, np.float32)
     lanes = np.empty(16, np.int32)
     for b in range(w16.size // BLOCK):
         lanes[:] = 0
         for e in range(b * BLOCK, b * BLOCK + BLOCK):  # lane i of half h: elements 2i, 2i+1 of each 16
             lanes[8 * ((e % BLOCK) // 128) + (e % 16) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
-        xb = xd[bo + b]
-        s = xb * dsc[b]
+        s = xd[bo + b] * dsc[b]
         for i in range(8):
             acc[i] += (np.float32(lanes[i]) + np.float32(lanes[8 + i])) * s
-            accm[i] += (msc[8 * b + i] * pairs[8 * (bo + b) + i]) * xb
-    return row_total(acc, accm)
+    return row_total(acc, np.zeros(8, np.float32))
 
 
 @njit
-def w16_row_avx2(w16, dsc, msc, x16, xd, pairs, xo, bo):
-    return w16_row(w16, dsc, msc, x16, xd, pairs, xo, bo)
+def w16_2x2_loop(w16, dsc, x16, xd, xo, bo, out):
+    """Portable simd.w16_2x2: rows a = w16[:K], b = w16[K:], tokens at xo and xo + K."""
+    k, nb = w16.size // 2, w16.size // 2 // BLOCK
+    for p in range(4):
+        r, t = p // 2, p % 2
+        out[p] = w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], x16, xd, xo + t * k, bo + t * nb)
+
+
+@njit
+def w16_2x2_avx2(w16, dsc, x16, xd, xo, bo, out):
+    w16_2x2(w16, dsc, x16, xd, xo, bo, out)

@@ -15,8 +15,8 @@ from gguf import GGMLQuantizationType as T
 from . import intdot
 from .activations import quantize_activations
 from .formats import FORMATS
-from .jit import DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W16_SIG, FirstClass, njit_parallel
-from .simd import HAS_AVX2
+from .jit import DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W2X2_SIG, FirstClass, njit_parallel
+from .simd import HAS_AVX2, w16_mins
 from .tensor import QuantizedTensor
 
 TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 4 MB
@@ -40,18 +40,27 @@ def _dot16_rows(dot, rows, xd, q16, hi, lo, bsums, out):
         out[r] = dot(rows[r], xd, q16, hi, lo, bsums)
 
 
-@njit_parallel(types.void(types.FunctionType(UNPACK16_SIG), types.FunctionType(W16_SIG), ROWS,
+@njit_parallel(types.void(types.FunctionType(UNPACK16_SIG), types.FunctionType(W2X2_SIG), ROWS,
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
-                         OUT2))
-def _w16_rows(unpack, dot, rows, x16, xd, pairs, out):  # x16 (T, K), xd (T, K/256), pairs (T, K/32) -> out (N, T)
+                         types.boolean, OUT2))
+def _w16_rows(unpack, dot2x2, rows, x16, xd, px, mins, out):
+    """x16 (T, K) with T even, xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd) -> out (N, T). Rows go in pairs (an odd last
+    row is paired with itself), each unpacked once, then meet the tokens two at a time; mins: Q4_K."""
     n_t, k = x16.shape
-    nb = k // 256
-    xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), pairs.reshape(pairs.size)
-    for r in prange(rows.shape[0]):
-        w16, dsc, msc = np.empty(k, np.int16), np.empty(nb, np.float32), np.empty(8 * nb, np.float32)
-        unpack(rows[r], w16, dsc, msc)
-        for t in range(n_t):
-            out[r, t] = dot(w16, dsc, msc, xf, df, pf, t * k, t * nb)
+    nb, n = k // 256, rows.shape[0]
+    xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
+    for rp in prange((n + 1) // 2):
+        w16, dsc, msc = np.empty(2 * k, np.int16), np.empty(2 * nb, np.float32), np.empty(16 * nb, np.float32)
+        two = np.empty(4, np.float64)
+        r = (2 * rp, min(2 * rp + 1, n - 1))
+        for i in range(2):
+            unpack(rows[r[i]], w16[i * k:(i + 1) * k], dsc[i * nb:(i + 1) * nb], msc[8 * i * nb:8 * (i + 1) * nb])
+        for t in range(0, n_t, 2):
+            dot2x2(w16, dsc, xf, df, t * k, t * nb, two)
+            for p in range(4 if r[1] != r[0] else 2):
+                i, j = p // 2, t + p % 2
+                m = w16_mins(msc[8 * i * nb:8 * (i + 1) * nb], pf, 8 * j * nb) if mins else 0.0
+                out[r[i], j] = two[p] - m
 
 
 # Decode path of types with integer kernels (intdot.py): "avx2" or "portable", chosen once here from
@@ -61,8 +70,8 @@ _INT_KERNELS = {T.Q4_K: (intdot.dot_q4_k, intdot.dot_q4_k_avx2, intdot.unpack_q4
                 T.Q6_K: (intdot.dot_q6_k, intdot.dot_q6_k_avx2, intdot.unpack_q6_k),
                 T.Q5_K: (intdot.dot_q5_k, intdot.dot_q5_k_avx2, None),   # None: prefill dequantizes, BLAS
                 T.Q8_0: (intdot.dot_q8_0, intdot.dot_q8_0_avx2, None)}
-_W16_ROW = (intdot.w16_row_loop, intdot.w16_row_avx2)
-INT_MATMUL_MAX_T = 24  # prefill of Q4_K / Q6_K: integer kernels up to this many tokens, dequantize + BLAS above (faster from ~32)
+_W2X2 = (intdot.w16_2x2_loop, intdot.w16_2x2_avx2)
+INT_MATMUL_MAX_T = 24  # prefill of Q4_K / Q6_K: integer kernels up to this many tokens, dequantize + BLAS above (as fast at ~32, faster above)
 TILE_BYTES = 1 << 18  # prefill: a tile of tokens whose 16-bit activations fit in L2 meets each unpacked row
 
 
@@ -73,7 +82,7 @@ def _int_kernel(ggml_type: int, path: str):
 
 @cache
 def _prefill_kernels(ggml_type: int, path: str):
-    return FirstClass(_INT_KERNELS[ggml_type][2], UNPACK16_SIG), FirstClass(_W16_ROW[path == "avx2"], W16_SIG)
+    return FirstClass(_INT_KERNELS[ggml_type][2], UNPACK16_SIG), FirstClass(_W2X2[path == "avx2"], W2X2_SIG)
 
 
 @cache
@@ -133,19 +142,24 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
 
 
 def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
-    """Integer dot products for a tile of tokens at a time: each row is unpacked once per tile."""
+    """Integer dot products for a tile of tokens at a time: each row is unpacked once per tile. Tokens
+    go two at a time: an odd count gets a zero token, whose results are dropped."""
+    n_t = x.shape[0]
+    if n_t % 2:
+        x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])
     xd, q16, _, _, bsums = quantize_activations(x)
-    pairs = (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32)  # (T, K/32): sums of q16 over each 32
-    kernels = _prefill_kernels(w.ggml_type, INT_PATH)
+    px = (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(xd, 8, axis=1)  # (T, K/32): sums of x over each 32
+    unpack, dot2x2 = _prefill_kernels(w.ggml_type, INT_PATH)
+    mins = w.ggml_type != T.Q6_K   # Q6_K has no mins (msc all zero)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     tile = max(8, TILE_BYTES // (2 * x.shape[1]) // 8 * 8)
     part = np.empty((w.shape[0], min(tile, x.shape[0])), np.float32)  # (N, tile)
     for t0 in range(0, x.shape[0], tile):
         t1 = min(x.shape[0], t0 + tile)
         p = part[:, :t1 - t0] if t1 - t0 == part.shape[1] else np.empty((w.shape[0], t1 - t0), np.float32)
-        _w16_rows(*kernels, w.data, q16[t0:t1], xd[t0:t1], pairs[t0:t1], p)
+        _w16_rows(unpack, dot2x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], mins, p)
         out[t0:t1] = p.T
-    return out
+    return out[:n_t]
 
 
 def get_rows(w: QuantizedTensor, ids) -> np.ndarray:

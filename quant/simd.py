@@ -289,45 +289,6 @@ def q6_k_row(typingctx, row, xd, xh, xl, bsums):
 
 
 
-@intrinsic
-def w16_row(typingctx, w16, dsc, msc, x16, xd, pairs, xo, bo):
-    """Prefill: sum_e w[e] * x[e] over a row unpacked once into w16 (K,) int16 (quants times sub-block
-    scales; Q6_K's signed), dsc (K/256,) its block scales d, msc (K/32,) Q4_K's dmin * min[s] (zeros
-    for Q6_K), against one token of activations: x16[xo:xo+K], xd[bo:bo+K/256], and pairs[8*bo:] the
-    float32 sums of q16 over each 32 (activations.py's bsums, two by two).
-    Per block, lane i of each half (128 weights) sums pmaddwd lane i over 8 chunks of 16 (exact in
-    int32: |w16| <= 4096, |q16| <= 32512); acc[i] += (f32(half 0) + f32(half 1)) * (xd * d) and
-    accm[i] += (msc * pairs)[i] * xd, as intdot.w16_row_loop does."""
-    i16arr, f32arr = I16ARR, F32ARR
-    if not (w16 in i16arr and x16 in i16arr and all(a in f32arr for a in (dsc, msc, xd, pairs))
-            and isinstance(xo, types.Integer) and isinstance(bo, types.Integer)):
-        return None
-
-    def body(op, ptrs, b):
-        builder = op.b
-        w_, dsc_, msc_, x_, xd_, pr_, xo_, bo_ = ptrs
-        wide = lambda v: builder.sext(v, I64) if v.type.width < 64 else v  # noqa: E731
-        y = builder.mul(b, ir.Constant(I64, 256))
-        halves = []
-        for h in range(2):
-            acc = None
-            for c in range(8):
-                e = builder.add(y, ir.Constant(I64, 128 * h + 16 * c))
-                p = op.madd(_load_at(builder, w_, e, V16I16), _load_at(builder, x_, builder.add(wide(xo_), e), V16I16))
-                acc = p if acc is None else builder.add(acc, p)
-            halves.append(builder.sitofp(acc, V8F))
-        bb = builder.add(wide(bo_), b)
-        xdb = _load_at(builder, xd_, bb, ir.FloatType())
-        e8 = builder.mul(b, ir.Constant(I64, 8))
-        mm = builder.fmul(_load_at(builder, msc_, e8, V8F), _load_at(builder, pr_, builder.mul(bb, ir.Constant(I64, 8)), V8F))
-        return builder.fadd(*halves), builder.fmul(xdb, _load_at(builder, dsc_, b, ir.FloatType())), mm, xdb
-
-    def codegen(context, builder, sig, args):
-        return _row_loop(context, builder, sig, args, 256, body, prefetch=False)   # w16: an L1-resident scratch row
-
-    return types.float64(w16, dsc, msc, x16, xd, pairs, xo, bo), codegen
-
-
 # --- prefill: unpack a block to int16 weights times scales (generic vector IR, any CPU) ---
 
 def _store_at(builder, ptr, offset, value):
@@ -389,3 +350,122 @@ def q6_k_unpack16(typingctx, row, o, w16, y):
         return context.get_dummy_value()
 
     return types.none(row, o, w16, y), codegen
+
+
+@intrinsic
+def w16_2x2(typingctx, w16, dsc, x16, xd, xo, bo, out):
+    """Prefill, register-blocked: sum_L acc[L] (the integer dot in 8 lanes, then float32) for two rows and two tokens at once. w16 (2K,)
+    holds rows a and b unpacked (b at K), dsc (2 K/256,) their block scales; the tokens' activations are
+    x16[xo:xo+K], xd[bo:bo+K/256] and the next token's right after. Each x16 load serves both rows and
+    each w16 load both tokens: 4 loads per 4 pmaddwd instead of 2 per 1 (L2 bandwidth bound the one-pair
+    loop at about one pmaddwd per cycle). out (4,) f64: the sums of (a, t), (a, t+1), (b, t), (b, t+1).
+    Per block, lane i of each half (128 weights) sums pmaddwd lane i over 8 chunks of 16 (exact in int32:
+    |w16| <= 4064, |q16| <= 32512); acc[i] += (f32(half 0) + f32(half 1)) * (xd * d), as intdot.w16_acc_loop."""
+    if not (w16 in I16ARR and dsc in F32ARR and x16 in I16ARR and xd in F32ARR and isinstance(xo, types.Integer)
+            and isinstance(bo, types.Integer) and out == types.Array(types.float64, 1, "C")):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
+        w_, dsc_, x_, xd_, out_ = (a.data for a in arrs)
+        wide = lambda v: builder.sext(v, I64) if v.type.width < 64 else v  # noqa: E731
+        xo_, bo_ = wide(args[4]), wide(args[5])
+        k = builder.udiv(arrs[0].nitems, ir.Constant(I64, 2))
+        nb = builder.udiv(k, ir.Constant(I64, 256))
+        rows, toks = (ir.Constant(I64, 0), k), (xo_, builder.add(xo_, k))
+        zero = ir.Constant(V8F, [0.0] * 8)
+        pre = builder.block
+        loop, done = builder.append_basic_block("w2x2_loop"), builder.append_basic_block("w2x2_done")
+        builder.cbranch(builder.icmp_signed(">", nb, ir.Constant(I64, 0)), loop, done)
+        builder.position_at_end(loop)
+        b = builder.phi(I64)
+        accs = [builder.phi(V8F) for _ in range(4)]
+        op = _Ops(context, builder)
+        y = builder.mul(b, ir.Constant(I64, 256))
+        halves = [[], [], [], []]
+        for h in range(2):
+            ints = [None] * 4
+            for c in range(8):
+                e = builder.add(y, ir.Constant(I64, 128 * h + 16 * c))
+                ws = [_load_at(builder, w_, builder.add(r, e), V16I16) for r in rows]
+                xs = [_load_at(builder, x_, builder.add(t, e), V16I16) for t in toks]
+                for p, (wi, xi) in enumerate((wi, xi) for wi in range(2) for xi in range(2)):
+                    m = op.madd(ws[wi], xs[xi])
+                    ints[p] = m if ints[p] is None else builder.add(ints[p], m)
+            for p in range(4):
+                halves[p].append(builder.sitofp(ints[p], V8F))
+        splat = lambda f: builder.shuffle_vector(  # noqa: E731
+            builder.insert_element(ir.Constant(V8F, None), f, ir.Constant(I32, 0)), ir.Constant(V8F, None), ir.Constant(V8I32, [0] * 8))
+        xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, step)), ir.FloatType()) for step in (ir.Constant(I64, 0), nb)]
+        dsb = [_load_at(builder, dsc_, builder.add(b, step), ir.FloatType()) for step in (ir.Constant(I64, 0), nb)]
+        new = []
+        for p, (wi, xi) in enumerate((wi, xi) for wi in range(2) for xi in range(2)):
+            lane = builder.fadd(*halves[p])
+            new.append(builder.fadd(accs[p], builder.fmul(lane, splat(builder.fmul(xdb[xi], dsb[wi])))))
+        b2 = builder.add(b, ir.Constant(I64, 1))
+        end = builder.block
+        builder.cbranch(builder.icmp_signed("<", b2, nb), loop, done)
+        b.add_incoming(ir.Constant(I64, 0), pre)
+        b.add_incoming(b2, end)
+        for phi, nxt in zip(accs, new):
+            phi.add_incoming(zero, pre)
+            phi.add_incoming(nxt, end)
+        builder.position_at_end(done)
+        finals = [builder.phi(V8F) for _ in range(4)]
+        for p, final in enumerate(finals):
+            final.add_incoming(zero, pre)
+            final.add_incoming(new[p], end)
+            s = ir.Constant(ir.DoubleType(), 0.0)
+            for lane_i in range(8):
+                s = builder.fadd(s, builder.fpext(builder.extract_element(final, ir.Constant(I32, lane_i)), ir.DoubleType()))
+            builder.store(s, builder.gep(out_, [ir.Constant(I64, p)]))
+        return context.get_dummy_value()
+
+    return types.none(w16, dsc, x16, xd, xo, bo, out), codegen
+
+
+@intrinsic
+def w16_mins(typingctx, msc, px, po):
+    """Prefill, the Q4_K mins of one (row, token): sum_e msc[e] * px[po + e] over e < K/32, msc (K/32,) of
+    the row, px of the tokens (the sums of q16 over each 32 times the block's xd), this one's from po.
+    Two float32 accumulators of 8 lanes (even and odd blocks; K/256 is even or the odd one is last), then a
+    float64 pairwise sum: short dependency chains, since this runs once per (row, token). Generic vector IR:
+    the same bits on any CPU."""
+    if not (msc in F32ARR and px in F32ARR and isinstance(po, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        m, p = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:2], args[:2]))
+        po_ = args[2] if args[2].type.width == 64 else builder.sext(args[2], I64)
+        nb = builder.udiv(m.nitems, ir.Constant(I64, 8))
+        zero = ir.Constant(V8F, [0.0] * 8)
+        term = lambda b: builder.fmul(_load_at(builder, m.data, builder.mul(b, ir.Constant(I64, 8)), V8F),  # noqa: E731
+                                      _load_at(builder, p.data, builder.add(po_, builder.mul(b, ir.Constant(I64, 8))), V8F))
+        pairs = builder.udiv(nb, ir.Constant(I64, 2))
+        pre = builder.block
+        loop, tail = builder.append_basic_block("mins_loop"), builder.append_basic_block("mins_tail")
+        builder.cbranch(builder.icmp_signed(">", pairs, ir.Constant(I64, 0)), loop, tail)
+        builder.position_at_end(loop)
+        j, a0, a1 = builder.phi(I64), builder.phi(V8F), builder.phi(V8F)
+        b = builder.mul(j, ir.Constant(I64, 2))
+        n0, n1 = builder.fadd(a0, term(b)), builder.fadd(a1, term(builder.add(b, ir.Constant(I64, 1))))
+        j2 = builder.add(j, ir.Constant(I64, 1))
+        end = builder.block
+        builder.cbranch(builder.icmp_signed("<", j2, pairs), loop, tail)
+        for phi, first, nxt in ((j, ir.Constant(I64, 0), j2), (a0, zero, n0), (a1, zero, n1)):
+            phi.add_incoming(first, pre)
+            phi.add_incoming(nxt, end)
+        builder.position_at_end(tail)
+        f0, f1 = builder.phi(V8F), builder.phi(V8F)
+        for f, nxt in ((f0, n0), (f1, n1)):
+            f.add_incoming(zero, pre)
+            f.add_incoming(nxt, end)
+        odd = builder.icmp_signed("!=", builder.mul(pairs, ir.Constant(I64, 2)), nb)
+        last = builder.select(odd, term(builder.sub(nb, ir.Constant(I64, 1))), zero)   # K >= 256: nb >= 1
+        v = builder.fadd(builder.fadd(f0, last), f1)
+        lanes = [builder.fpext(builder.extract_element(v, ir.Constant(I32, i)), ir.DoubleType()) for i in range(8)]
+        while len(lanes) > 1:
+            lanes = [builder.fadd(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
+        return lanes[0]
+
+    return types.float64(msc, px, po), codegen
