@@ -90,6 +90,40 @@ def prefetch_block(typingctx, row, offset, nbytes):
     return types.none(row, offset, nbytes), codegen
 
 
+def _loop(builder, n, inits, step):
+    """for i in range(n): values = step(i, values), in IR; returns the final values (inits if n <= 0)."""
+    pre = builder.block
+    loop, done = builder.append_basic_block("loop"), builder.append_basic_block("loop_done")
+    builder.cbranch(builder.icmp_signed(">", n, ir.Constant(I64, 0)), loop, done)
+    builder.position_at_end(loop)
+    i, phis = builder.phi(I64), [builder.phi(v.type) for v in inits]
+    nxt = step(i, phis)
+    i2 = builder.add(i, ir.Constant(I64, 1))
+    end = builder.block
+    builder.cbranch(builder.icmp_signed("<", i2, n), loop, done)
+    for phi, first, later in ((i, ir.Constant(I64, 0), i2), *zip(phis, inits, nxt)):
+        phi.add_incoming(first, pre)
+        phi.add_incoming(later, end)
+    builder.position_at_end(done)
+    finals = [builder.phi(v.type) for v in inits]
+    for final, first, later in zip(finals, inits, nxt):
+        final.add_incoming(first, pre)
+        final.add_incoming(later, end)
+    return finals
+
+
+def _splat(builder, f):  # float -> <8 x float>
+    return builder.shuffle_vector(builder.insert_element(ir.Constant(V8F, None), f, ir.Constant(I32, 0)),
+                                  ir.Constant(V8F, None), ir.Constant(V8I32, [0] * 8))
+
+
+def _lane_sum(builder, v):  # <8 x float> -> double: lanes 0..7 added in order
+    s = ir.Constant(ir.DoubleType(), 0.0)
+    for i in range(8):
+        s = builder.fadd(s, builder.fpext(builder.extract_element(v, ir.Constant(I32, i)), ir.DoubleType()))
+    return s
+
+
 def _row_loop(context, builder, sig, args, block_bytes, body, prefetch=True):
     """Loop over the blocks of a row: body(op, data, b) -> (lane <8 x float>, scale, mlane <8 x float>, mscale)
     with acc += lane * scale, accm += mlane * mscale (mlane None: no accm); returns sum(acc) - sum(accm) as
@@ -97,38 +131,20 @@ def _row_loop(context, builder, sig, args, block_bytes, body, prefetch=True):
     op = _Ops(context, builder)
     data = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a for t, a in zip(sig.args, args)]
     n = builder.udiv(data[0].nitems, ir.Constant(I64, block_bytes))
+
+    def step(b, accs):
+        acc, accm = accs
+        if prefetch:
+            at = builder.mul(b, ir.Constant(I64, block_bytes))
+            for j in range(0, block_bytes, 64):
+                _prefetch(builder, data[0].data, builder.add(at, ir.Constant(I64, PREFETCH_AHEAD + j)))
+        lane, scale, mlane, mscale = body(op, [getattr(d, "data", d) for d in data], b)
+        return (builder.fadd(acc, builder.fmul(lane, _splat(builder, scale))),
+                accm if mlane is None else builder.fadd(accm, builder.fmul(mlane, _splat(builder, mscale))))
+
     zero = ir.Constant(V8F, [0.0] * 8)
-    pre = builder.block
-    loop, done = builder.append_basic_block("row_loop"), builder.append_basic_block("row_done")
-    builder.cbranch(builder.icmp_signed(">", n, ir.Constant(I64, 0)), loop, done)
-    builder.position_at_end(loop)
-    b, acc, accm = builder.phi(I64), builder.phi(V8F), builder.phi(V8F)
-    if prefetch:
-        at = builder.mul(b, ir.Constant(I64, block_bytes))
-        for j in range(0, block_bytes, 64):
-            _prefetch(builder, data[0].data, builder.add(at, ir.Constant(I64, PREFETCH_AHEAD + j)))
-    lane, scale, mlane, mscale = body(op, [getattr(d, "data", d) for d in data], b)
-    splat = lambda f: builder.shuffle_vector(  # noqa: E731
-        builder.insert_element(ir.Constant(V8F, None), f, ir.Constant(I32, 0)), ir.Constant(V8F, None), ir.Constant(V8I32, [0] * 8))
-    acc2 = builder.fadd(acc, builder.fmul(lane, splat(scale)))
-    accm2 = accm if mlane is None else builder.fadd(accm, builder.fmul(mlane, splat(mscale)))
-    b2 = builder.add(b, ir.Constant(I64, 1))
-    end = builder.block
-    builder.cbranch(builder.icmp_signed("<", b2, n), loop, done)
-    for phi, first, nxt in ((b, ir.Constant(I64, 0), b2), (acc, zero, acc2), (accm, zero, accm2)):
-        phi.add_incoming(first, pre)
-        phi.add_incoming(nxt, end)
-    builder.position_at_end(done)
-    finals = [builder.phi(V8F) for _ in range(2)]
-    sums = []
-    for final, v2 in zip(finals, (acc2, accm2)):
-        final.add_incoming(zero, pre)
-        final.add_incoming(v2, end)
-        s = ir.Constant(ir.DoubleType(), 0.0)
-        for lane_i in range(8):
-            s = builder.fadd(s, builder.fpext(builder.extract_element(final, ir.Constant(I32, lane_i)), ir.DoubleType()))
-        sums.append(s)
-    return builder.fsub(*sums)
+    acc, accm = _loop(builder, n, [zero, zero], step)
+    return builder.fsub(_lane_sum(builder, acc), _lane_sum(builder, accm))
 
 
 def _load_at(builder, ptr, offset, ty):
@@ -373,52 +389,31 @@ def w16_2x2(typingctx, w16, dsc, x16, xd, xo, bo, out):
         k = builder.udiv(arrs[0].nitems, ir.Constant(I64, 2))
         nb = builder.udiv(k, ir.Constant(I64, 256))
         rows, toks = (ir.Constant(I64, 0), k), (xo_, builder.add(xo_, k))
-        zero = ir.Constant(V8F, [0.0] * 8)
-        pre = builder.block
-        loop, done = builder.append_basic_block("w2x2_loop"), builder.append_basic_block("w2x2_done")
-        builder.cbranch(builder.icmp_signed(">", nb, ir.Constant(I64, 0)), loop, done)
-        builder.position_at_end(loop)
-        b = builder.phi(I64)
-        accs = [builder.phi(V8F) for _ in range(4)]
         op = _Ops(context, builder)
-        y = builder.mul(b, ir.Constant(I64, 256))
-        halves = [[], [], [], []]
-        for h in range(2):
-            ints = [None] * 4
-            for c in range(8):
-                e = builder.add(y, ir.Constant(I64, 128 * h + 16 * c))
-                ws = [_load_at(builder, w_, builder.add(r, e), V16I16) for r in rows]
-                xs = [_load_at(builder, x_, builder.add(t, e), V16I16) for t in toks]
-                for p, (wi, xi) in enumerate((wi, xi) for wi in range(2) for xi in range(2)):
-                    m = op.madd(ws[wi], xs[xi])
-                    ints[p] = m if ints[p] is None else builder.add(ints[p], m)
-            for p in range(4):
-                halves[p].append(builder.sitofp(ints[p], V8F))
-        splat = lambda f: builder.shuffle_vector(  # noqa: E731
-            builder.insert_element(ir.Constant(V8F, None), f, ir.Constant(I32, 0)), ir.Constant(V8F, None), ir.Constant(V8I32, [0] * 8))
-        xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, step)), ir.FloatType()) for step in (ir.Constant(I64, 0), nb)]
-        dsb = [_load_at(builder, dsc_, builder.add(b, step), ir.FloatType()) for step in (ir.Constant(I64, 0), nb)]
-        new = []
-        for p, (wi, xi) in enumerate((wi, xi) for wi in range(2) for xi in range(2)):
-            lane = builder.fadd(*halves[p])
-            new.append(builder.fadd(accs[p], builder.fmul(lane, splat(builder.fmul(xdb[xi], dsb[wi])))))
-        b2 = builder.add(b, ir.Constant(I64, 1))
-        end = builder.block
-        builder.cbranch(builder.icmp_signed("<", b2, nb), loop, done)
-        b.add_incoming(ir.Constant(I64, 0), pre)
-        b.add_incoming(b2, end)
-        for phi, nxt in zip(accs, new):
-            phi.add_incoming(zero, pre)
-            phi.add_incoming(nxt, end)
-        builder.position_at_end(done)
-        finals = [builder.phi(V8F) for _ in range(4)]
+        pairs = [(wi, xi) for wi in range(2) for xi in range(2)]
+
+        def step(b, accs):
+            y = builder.mul(b, ir.Constant(I64, 256))
+            halves = [[], [], [], []]
+            for h in range(2):
+                ints = [None] * 4
+                for c in range(8):
+                    e = builder.add(y, ir.Constant(I64, 128 * h + 16 * c))
+                    ws = [_load_at(builder, w_, builder.add(r, e), V16I16) for r in rows]
+                    xs = [_load_at(builder, x_, builder.add(t, e), V16I16) for t in toks]
+                    for p, (wi, xi) in enumerate(pairs):
+                        m = op.madd(ws[wi], xs[xi])
+                        ints[p] = m if ints[p] is None else builder.add(ints[p], m)
+                for p in range(4):
+                    halves[p].append(builder.sitofp(ints[p], V8F))
+            xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, step_)), ir.FloatType()) for step_ in (ir.Constant(I64, 0), nb)]
+            dsb = [_load_at(builder, dsc_, builder.add(b, step_), ir.FloatType()) for step_ in (ir.Constant(I64, 0), nb)]
+            return [builder.fadd(accs[p], builder.fmul(builder.fadd(*halves[p]), _splat(builder, builder.fmul(xdb[xi], dsb[wi]))))
+                    for p, (wi, xi) in enumerate(pairs)]
+
+        finals = _loop(builder, nb, [ir.Constant(V8F, [0.0] * 8)] * 4, step)
         for p, final in enumerate(finals):
-            final.add_incoming(zero, pre)
-            final.add_incoming(new[p], end)
-            s = ir.Constant(ir.DoubleType(), 0.0)
-            for lane_i in range(8):
-                s = builder.fadd(s, builder.fpext(builder.extract_element(final, ir.Constant(I32, lane_i)), ir.DoubleType()))
-            builder.store(s, builder.gep(out_, [ir.Constant(I64, p)]))
+            builder.store(_lane_sum(builder, final), builder.gep(out_, [ir.Constant(I64, p)]))
         return context.get_dummy_value()
 
     return types.none(w16, dsc, x16, xd, xo, bo, out), codegen
@@ -441,25 +436,13 @@ def w16_mins(typingctx, msc, px, po):
         zero = ir.Constant(V8F, [0.0] * 8)
         term = lambda b: builder.fmul(_load_at(builder, m.data, builder.mul(b, ir.Constant(I64, 8)), V8F),  # noqa: E731
                                       _load_at(builder, p.data, builder.add(po_, builder.mul(b, ir.Constant(I64, 8))), V8F))
+
+        def step(j, accs):
+            b = builder.mul(j, ir.Constant(I64, 2))
+            return builder.fadd(accs[0], term(b)), builder.fadd(accs[1], term(builder.add(b, ir.Constant(I64, 1))))
+
         pairs = builder.udiv(nb, ir.Constant(I64, 2))
-        pre = builder.block
-        loop, tail = builder.append_basic_block("mins_loop"), builder.append_basic_block("mins_tail")
-        builder.cbranch(builder.icmp_signed(">", pairs, ir.Constant(I64, 0)), loop, tail)
-        builder.position_at_end(loop)
-        j, a0, a1 = builder.phi(I64), builder.phi(V8F), builder.phi(V8F)
-        b = builder.mul(j, ir.Constant(I64, 2))
-        n0, n1 = builder.fadd(a0, term(b)), builder.fadd(a1, term(builder.add(b, ir.Constant(I64, 1))))
-        j2 = builder.add(j, ir.Constant(I64, 1))
-        end = builder.block
-        builder.cbranch(builder.icmp_signed("<", j2, pairs), loop, tail)
-        for phi, first, nxt in ((j, ir.Constant(I64, 0), j2), (a0, zero, n0), (a1, zero, n1)):
-            phi.add_incoming(first, pre)
-            phi.add_incoming(nxt, end)
-        builder.position_at_end(tail)
-        f0, f1 = builder.phi(V8F), builder.phi(V8F)
-        for f, nxt in ((f0, n0), (f1, n1)):
-            f.add_incoming(zero, pre)
-            f.add_incoming(nxt, end)
+        f0, f1 = _loop(builder, pairs, [zero, zero], step)
         odd = builder.icmp_signed("!=", builder.mul(pairs, ir.Constant(I64, 2)), nb)
         last = builder.select(odd, term(builder.sub(nb, ir.Constant(I64, 1))), zero)   # K >= 256: nb >= 1
         v = builder.fadd(builder.fadd(f0, last), f1)
