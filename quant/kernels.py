@@ -44,8 +44,9 @@ def _dot16_rows(dot, rows, xd, q16, hi, lo, bsums, out):
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
                          types.boolean, OUT2))
 def _w16_rows(unpack, dot2x2, rows, x16, xd, px, mins, out):
-    """x16 (T, K) with T even, xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd) -> out (N, T). Rows go in pairs (an odd last
-    row is paired with itself), each unpacked once, then meet the tokens two at a time; mins: Q4_K."""
+    """x16 (T, K) with T even, xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd) -> out (N, T).
+    Rows go in pairs (an odd last row is paired with itself), each unpacked once, then meet the tokens two
+    at a time; mins: subtract the Q4_K mins."""
     n_t, k = x16.shape
     nb, n = k // 256, rows.shape[0]
     xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
