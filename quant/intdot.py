@@ -85,6 +85,11 @@ def dot_q4_k(row, xd, x16, xh, xl, bsums):
 
 
 @njit
+def dot_q4_k_avx2(row, xd, x16, xh, xl, bsums):
+    return q4_k_row(row, xd, xh, xl, bsums)
+
+
+@njit
 def dot_q5_k(row, xd, x16, xh, xl, bsums):
     return k_row_loop(row, xd, x16, bsums, Q5_K_BYTES, 16, 48)
 
@@ -113,11 +118,6 @@ def dot_q8_0(row, xd, x16, xh, xl, bsums):
 @njit
 def dot_q8_0_avx2(row, xd, x16, xh, xl, bsums):
     return q8_0_row(row, xd, x16)
-
-
-@njit
-def dot_q4_k_avx2(row, xd, x16, xh, xl, bsums):
-    return q4_k_row(row, xd, xh, xl, bsums)
 
 
 @njit

@@ -66,11 +66,17 @@ I16ARR = (types.Array(types.int16, 1, "C", readonly=True), types.Array(types.int
 PREFETCH_AHEAD = 4096
 
 
-def _prefetch(builder, ptr, offset):
-    """Ask for the cache line at ptr + offset (read, keep in all levels)."""
+def _i64(builder, v):  # an integer argument widened to i64
+    return builder.sext(v, I64) if v.type.width < 64 else v
+
+
+def _prefetch_ahead(builder, ptr, offset, nbytes):
+    """Ask for the nbytes at ptr + offset + PREFETCH_AHEAD, one request per 64-byte line (read, keep in
+    all levels)."""
     fn = _fn(builder, "llvm.prefetch.p0", ir.VoidType(), [I8.as_pointer(), I32, I32, I32])
-    builder.call(fn, [builder.bitcast(builder.gep(ptr, [offset]), I8.as_pointer()),
-                      ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+    for j in range(0, nbytes, 64):
+        at = builder.gep(ptr, [builder.add(offset, ir.Constant(I64, PREFETCH_AHEAD + j))])
+        builder.call(fn, [builder.bitcast(at, I8.as_pointer()), ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
 @intrinsic
@@ -82,9 +88,7 @@ def prefetch_block(typingctx, row, offset, nbytes):
 
     def codegen(context, builder, sig, args):
         rp = context.make_array(sig.args[0])(context, builder, args[0]).data
-        o = args[1] if args[1].type.width == 64 else builder.sext(args[1], I64)
-        for j in range(0, sig.args[2].literal_value, 64):
-            _prefetch(builder, rp, builder.add(o, ir.Constant(I64, PREFETCH_AHEAD + j)))
+        _prefetch_ahead(builder, rp, _i64(builder, args[1]), sig.args[2].literal_value)
         return context.get_dummy_value()
 
     return types.none(row, offset, nbytes), codegen
@@ -124,20 +128,17 @@ def _lane_sum(builder, v):  # <8 x float> -> double: lanes 0..7 added in order
     return s
 
 
-def _row_loop(context, builder, sig, args, block_bytes, body, prefetch=True):
+def _row_loop(context, builder, sig, args, block_bytes, body):
     """Loop over the blocks of a row: body(op, data, b) -> (lane <8 x float>, scale, mlane <8 x float>, mscale)
     with acc += lane * scale, accm += mlane * mscale (mlane None: no accm); returns sum(acc) - sum(accm) as
-    a double. prefetch: the first argument is a row streamed from memory (PREFETCH_AHEAD)."""
+    a double. The row (the first argument) streams from memory: each block prefetches PREFETCH_AHEAD."""
     op = _Ops(context, builder)
     data = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a for t, a in zip(sig.args, args)]
     n = builder.udiv(data[0].nitems, ir.Constant(I64, block_bytes))
 
     def step(b, accs):
         acc, accm = accs
-        if prefetch:
-            at = builder.mul(b, ir.Constant(I64, block_bytes))
-            for j in range(0, block_bytes, 64):
-                _prefetch(builder, data[0].data, builder.add(at, ir.Constant(I64, PREFETCH_AHEAD + j)))
+        _prefetch_ahead(builder, data[0].data, builder.mul(b, ir.Constant(I64, block_bytes)), block_bytes)
         lane, scale, mlane, mscale = body(op, [getattr(d, "data", d) for d in data], b)
         return (builder.fadd(acc, builder.fmul(lane, _splat(builder, scale))),
                 accm if mlane is None else builder.fadd(accm, builder.fmul(mlane, _splat(builder, mscale))))
@@ -325,8 +326,7 @@ def q4_k_unpack16(typingctx, row, o, sc, w16, y):
         row_, o_, sc_, w_, y_ = args
         rp = context.make_array(sig.args[0])(context, builder, row_).data
         wp = context.make_array(sig.args[3])(context, builder, w_).data
-        wide = lambda v: builder.sext(v, I64) if v.type.width < 64 else v  # noqa: E731
-        o_, y_ = wide(o_), wide(y_)
+        o_, y_ = _i64(builder, o_), _i64(builder, y_)
         v32i16 = ir.VectorType(I16, 32)
         scales = builder.zext(builder.bitcast(builder.zext(sc_, I64) if sc_.type.width < 64 else sc_, ir.VectorType(I8, 8)),
                               ir.VectorType(I16, 8))
@@ -351,8 +351,7 @@ def q6_k_unpack16(typingctx, row, o, w16, y):
         row_, o_, w_, y_ = args
         rp = context.make_array(sig.args[0])(context, builder, row_).data
         wp = context.make_array(sig.args[2])(context, builder, w_).data
-        wide = lambda v: builder.sext(v, I64) if v.type.width < 64 else v  # noqa: E731
-        o_, y_ = wide(o_), wide(y_)
+        o_, y_ = _i64(builder, o_), _i64(builder, y_)
         at = lambda k: builder.add(o_, ir.Constant(I64, k))  # noqa: E731
         v32i16 = ir.VectorType(I16, 32)
         scales = builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16)
@@ -384,8 +383,7 @@ def w16_2x2(typingctx, w16, dsc, x16, xd, xo, bo, out):
     def codegen(context, builder, sig, args):
         arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
         w_, dsc_, x_, xd_, out_ = (a.data for a in arrs)
-        wide = lambda v: builder.sext(v, I64) if v.type.width < 64 else v  # noqa: E731
-        xo_, bo_ = wide(args[4]), wide(args[5])
+        xo_, bo_ = _i64(builder, args[4]), _i64(builder, args[5])
         k = builder.udiv(arrs[0].nitems, ir.Constant(I64, 2))
         nb = builder.udiv(k, ir.Constant(I64, 256))
         rows, toks = (ir.Constant(I64, 0), k), (xo_, builder.add(xo_, k))
@@ -431,7 +429,7 @@ def w16_mins(typingctx, msc, px, po):
 
     def codegen(context, builder, sig, args):
         m, p = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:2], args[:2]))
-        po_ = args[2] if args[2].type.width == 64 else builder.sext(args[2], I64)
+        po_ = _i64(builder, args[2])
         nb = builder.udiv(m.nitems, ir.Constant(I64, 8))
         zero = ir.Constant(V8F, [0.0] * 8)
         term = lambda b: builder.fmul(_load_at(builder, m.data, builder.mul(b, ir.Constant(I64, 8)), V8F),  # noqa: E731
