@@ -1,7 +1,7 @@
 """Numba flags, kernel signatures and scalar helpers shared by every format module.
 
 Each format module compiles row kernels with the signatures below (`DOT_SIG`, `DEQUANT_SIG`, and
-`QUANT_SIG` for quantize.py); kernels.py passes them as first-class functions to a few parallel
+`QUANT_SIG` for quantize.py); kernels.py passes their addresses (kernel_address) to a few parallel
 drivers, so each driver is compiled once and every kernel lands in Numba's on-disk cache (cache=True).
 Numba does not track dependencies across files: after editing this module (or a helper another
 format imports: q4_k.scale_min, q4_k.fit_row, q5_0.quants, anything in fit.py), delete
@@ -20,8 +20,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
-from numba.experimental.function_type import WrapperAddressProtocol  # noqa: E402
-from numba.extending import intrinsic, typeof_impl  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 # Exact IEEE float32 arithmetic (no reassociation, no fused multiply-add): dequantization must be
 # bit-identical to the numpy references.
@@ -54,29 +53,36 @@ W2X2_SIG = types.void(types.Array(types.int16, 1, "C"), OUT, types.Array(types.i
                       types.int64, types.int64, types.Array(types.float64, 1, "C"))
 
 
-class FirstClass(WrapperAddressProtocol):
-    """A compiled kernel to pass as a first-class function argument. Passing the dispatcher itself
-    also works, but then Numba looks its address up again on every call (~40 us); this looks it up
-    once. Compiling loads from the on-disk cache when it can."""
-
-    def __init__(self, dispatcher, sig):
-        cres = dispatcher.get_compile_result(sig)
-        self._address = cres.library.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name)
-        self._dispatcher, self._sig = dispatcher, sig  # keep the compiled code alive
-        self.numba_type = types.FunctionType(sig)
-
-    def __wrapper_address__(self) -> int:
-        return self._address
-
-    def signature(self):
-        return self._sig
+def kernel_address(dispatcher, sig) -> int:
+    """The address of a compiled row kernel (its C-callable wrapper) for the drivers' call_<sig>
+    intrinsics. Compiling loads from the on-disk cache when it can; the dispatcher (a module global)
+    keeps the code alive.
+    Why addresses and not Numba's first-class functions: unboxing a function argument calls back into
+    Python on every call (it unpickles the signature), and a Ctrl-C landing there made the call fail
+    with a TypeError instead of raising KeyboardInterrupt. An integer unboxes in C."""
+    cres = dispatcher.get_compile_result(sig)
+    return cres.library.get_pointer_to_function(cres.fndesc.llvm_cfunc_wrapper_name)
 
 
-@typeof_impl.register(FirstClass)
-def _typeof_first_class(val, c):
-    """Numba types every argument of every call; the generic rule for function objects builds a new
-    FunctionType each time (~10 us, hundreds of calls per decoded token). This one is built once."""
-    return val.numba_type
+def pointer_call(sig):
+    """An intrinsic call(address, (args...)) that calls the kernel at address (kernel_address) with
+    signature sig, as Numba calls a first-class function."""
+    proto = types.FunctionPrototype(sig.return_type, sig.args)
+
+    @intrinsic
+    def call(typingctx, address, args):
+        if not (isinstance(address, types.Integer) and isinstance(args, types.BaseTuple) and len(args) == len(sig.args)
+                and all(typingctx.can_convert(a, b) for a, b in zip(args, sig.args))):
+            return None
+
+        def codegen(context, builder, call_sig, llargs):
+            fn = builder.inttoptr(llargs[0], context.get_value_type(proto))
+            vals = [context.cast(builder, builder.extract_value(llargs[1], i), a, b)
+                    for i, (a, b) in enumerate(zip(call_sig.args[1], sig.args))]
+            return builder.call(fn, vals)
+
+        return sig.return_type(address, args), codegen
+    return call
 
 
 def set_num_threads(n: int) -> None:

@@ -1,7 +1,7 @@
 """Public ops on QuantizedTensor: matvec (decode), matmul (prefill), get_rows, dequantize.
 
 Each format module provides two row kernels (jit.DOT_SIG, jit.DEQUANT_SIG); the two parallel drivers
-below take them as first-class function arguments, so each driver is compiled once for all types
+below take their addresses (jit.kernel_address, called through jit.pointer_call), so each driver is compiled once for all types
 and everything stays in Numba's on-disk cache. Each output row is computed by one thread in a fixed
 order, so results do not depend on the thread count.
 """
@@ -15,32 +15,37 @@ from gguf import GGMLQuantizationType as T
 from . import intdot
 from .activations import quantize_activations
 from .formats import FORMATS
-from .jit import DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W2X2_SIG, FirstClass, njit_parallel
+from .jit import DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W2X2_SIG, kernel_address, njit_parallel, pointer_call
 from .simd import HAS_AVX2, w16_mins
 from .tensor import QuantizedTensor
 
 TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 4 MB
 
 
-@njit_parallel(types.void(types.FunctionType(DOT_SIG), ROWS, VEC, OUT))
+_call_dot, _call_dequant = pointer_call(DOT_SIG), pointer_call(DEQUANT_SIG)
+_call_dot16, _call_unpack16, _call_2x2 = pointer_call(DOT16_SIG), pointer_call(UNPACK16_SIG), pointer_call(W2X2_SIG)
+KERNEL = types.intp   # a row kernel's address
+
+
+@njit_parallel(types.void(KERNEL, ROWS, VEC, OUT))
 def _dot_rows(dot_row, rows, x, out):
     for r in prange(rows.shape[0]):
-        out[r] = dot_row(rows[r], x)
+        out[r] = _call_dot(dot_row, (rows[r], x))
 
 
-@njit_parallel(types.void(types.FunctionType(DEQUANT_SIG), ROWS, IDS, OUT2))
+@njit_parallel(types.void(KERNEL, ROWS, IDS, OUT2))
 def _dequantize_rows(dequantize_row, rows, ids, out):
     for i in prange(ids.size):
-        dequantize_row(rows[ids[i]], out[i])
+        _call_dequant(dequantize_row, (rows[ids[i]], out[i]))
 
 
-@njit_parallel(types.void(types.FunctionType(DOT16_SIG), ROWS, *DOT16_SIG.args[1:], OUT))
+@njit_parallel(types.void(KERNEL, ROWS, *DOT16_SIG.args[1:], OUT))
 def _dot16_rows(dot, rows, xd, q16, hi, lo, bsums, out):
     for r in prange(rows.shape[0]):
-        out[r] = dot(rows[r], xd, q16, hi, lo, bsums)
+        out[r] = _call_dot16(dot, (rows[r], xd, q16, hi, lo, bsums))
 
 
-@njit_parallel(types.void(types.FunctionType(UNPACK16_SIG), types.FunctionType(W2X2_SIG), ROWS,
+@njit_parallel(types.void(KERNEL, KERNEL, ROWS,
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
                          types.boolean, OUT2))
 def _w16_rows(unpack, dot2x2, rows, x16, xd, px, mins, out):
@@ -55,9 +60,9 @@ def _w16_rows(unpack, dot2x2, rows, x16, xd, px, mins, out):
         two = np.empty(4, np.float64)
         r = (2 * rp, min(2 * rp + 1, n - 1))
         for i in range(2):
-            unpack(rows[r[i]], w16[i * k:(i + 1) * k], dsc[i * nb:(i + 1) * nb], msc[8 * i * nb:8 * (i + 1) * nb])
+            _call_unpack16(unpack, (rows[r[i]], w16[i * k:(i + 1) * k], dsc[i * nb:(i + 1) * nb], msc[8 * i * nb:8 * (i + 1) * nb]))
         for t in range(0, n_t, 2):
-            dot2x2(w16, dsc, xf, df, t * k, t * nb, two)
+            _call_2x2(dot2x2, (w16, dsc, xf, df, t * k, t * nb, two))
             for p in range(4 if r[1] != r[0] else 2):
                 i, j = p // 2, t + p % 2
                 m = w16_mins(msc[8 * i * nb:8 * (i + 1) * nb], pf, 8 * j * nb) if mins else 0.0
@@ -78,19 +83,19 @@ TILE_BYTES = 1 << 18  # prefill: a tile of tokens whose 16-bit activations fit i
 
 @cache
 def _int_kernel(ggml_type: int, path: str):
-    return FirstClass(_INT_KERNELS[ggml_type][path == "avx2"], DOT16_SIG)
+    return kernel_address(_INT_KERNELS[ggml_type][path == "avx2"], DOT16_SIG)
 
 
 @cache
 def _prefill_kernels(ggml_type: int, path: str):
-    return FirstClass(_INT_KERNELS[ggml_type][2], UNPACK16_SIG), FirstClass(_W2X2[path == "avx2"], W2X2_SIG)
+    return kernel_address(_INT_KERNELS[ggml_type][2], UNPACK16_SIG), kernel_address(_W2X2[path == "avx2"], W2X2_SIG)
 
 
 @cache
 def _kernels(ggml_type: int):
     """(dot_row, dequantize_row) of a type, compiled (or loaded from the cache) on first use."""
     fmt = FORMATS[ggml_type]
-    return FirstClass(fmt.dot_row, DOT_SIG), FirstClass(fmt.dequantize_row, DEQUANT_SIG)
+    return kernel_address(fmt.dot_row, DOT_SIG), kernel_address(fmt.dequantize_row, DEQUANT_SIG)
 
 
 def _matrix(w: QuantizedTensor, op: str) -> tuple[int, int]:

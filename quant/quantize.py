@@ -25,7 +25,7 @@ from numba import prange, types
 
 from .formats import FORMATS, UnsupportedTypeError, type_name
 from .ggufio import TensorEntry, header_bytes, kv_u32, read_header
-from .jit import QUANT_SIG, FirstClass, njit_parallel
+from .jit import QUANT_SIG, kernel_address, njit_parallel, pointer_call
 from .kernels import dequantize
 from .recipe import FTYPES, plan
 from .tensor import QuantizedTensor
@@ -39,19 +39,21 @@ DROPPED_KEYS = ("general.quantization_version", "general.file_type", "split.no",
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 
 
-@njit_parallel(types.void(types.FunctionType(QUANT_SIG), types.Array(types.float32, 2, "C", readonly=True),
-                          types.Array(types.uint8, 2, "C")))
+_call_quantize = pointer_call(QUANT_SIG)
+
+
+@njit_parallel(types.void(types.intp, types.Array(types.float32, 2, "C", readonly=True), types.Array(types.uint8, 2, "C")))
 def _quantize_rows(quantize_row, x, out):
     for r in prange(x.shape[0]):
-        quantize_row(x[r], out[r])
+        _call_quantize(quantize_row, (x[r], out[r]))
 
 
 @cache
-def _kernel(ggml_type: T) -> FirstClass:
+def _kernel(ggml_type: T) -> int:
     fmt = FORMATS.get(ggml_type)
     if fmt is None:
         raise UnsupportedTypeError(f"cannot quantize to {type_name(ggml_type)}")
-    return FirstClass(fmt.quantize_row, QUANT_SIG)
+    return kernel_address(fmt.quantize_row, QUANT_SIG)
 
 
 def quantize_rows(x: np.ndarray, ggml_type: int) -> np.ndarray:

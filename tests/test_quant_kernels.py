@@ -292,3 +292,24 @@ def test_second_process_compiles_nothing():
     misses, hits = map(int, out.stdout.split())
     kernels = len(INT_KERNELS) + sum(1 for ks in INT_KERNELS.values() if ks[2])   # decode + prefill unpackers
     assert misses == 0 and hits == 6 + 2 * len(FORMATS) + kernels + 1, out.stdout
+
+
+def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
+    """A driver call must not run Python bytecode while unboxing its arguments: a Ctrl-C landing there
+    surfaces from inside Numba's argument handling as some other error. Numba's first-class function
+    arguments did this (they unpickle their signature on every call), which once turned a Ctrl-C in the
+    chat REPL into a TypeError. The unpickler is made to raise; every entry point must still work."""
+    import numba.core.serialize as serialize
+
+    from quant.quantize import quantize_rows
+    w, x = random_tensor(T.Q4_K, (N, K)), np.ones((3, K), np.float32)
+    calls = [lambda: matvec(w, x[0]), lambda: matvec(w, x[0], exact=True), lambda: matmul(w, x),
+             lambda: matmul(w, x, exact=True), lambda: get_rows(w, [1, 2]),
+             lambda: quantize_rows(x, T.Q4_K)]
+    expected = [call() for call in calls]   # compiled (or loaded from the cache) before the patch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(serialize._numba_unpickle, "__code__", interrupted.__code__)
+    for call, want in zip(calls, expected):
+        np.testing.assert_array_equal(call(), want)
