@@ -129,9 +129,10 @@ def _lane_sum(builder, v):  # <8 x float> -> double: lanes 0..7 added in order
 
 
 def _row_loop(context, builder, sig, args, block_bytes, body):
-    """Loop over the blocks of a row: body(op, data, b) -> (lane <8 x float>, scale, mlane <8 x float>, mscale)
-    with acc += lane * scale, accm += mlane * mscale (mlane None: no accm); returns sum(acc) - sum(accm) as
-    a double. The row (the first argument) streams from memory: each block prefetches PREFETCH_AHEAD."""
+    """Loop over the blocks of a row: body(op, data, b) -> (terms, mterms), lists of (lane <8 x float>,
+    scale: a float or <8 x float>) with acc += lane * scale, accm += mlane * mscale, in list order; returns
+    sum(acc) - sum(accm) as a double. The row (the first argument) streams from memory: each block
+    prefetches PREFETCH_AHEAD."""
     op = _Ops(context, builder)
     data = [context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a for t, a in zip(sig.args, args)]
     n = builder.udiv(data[0].nitems, ir.Constant(I64, block_bytes))
@@ -139,9 +140,12 @@ def _row_loop(context, builder, sig, args, block_bytes, body):
     def step(b, accs):
         acc, accm = accs
         _prefetch_ahead(builder, data[0].data, builder.mul(b, ir.Constant(I64, block_bytes)), block_bytes)
-        lane, scale, mlane, mscale = body(op, [getattr(d, "data", d) for d in data], b)
-        return (builder.fadd(acc, builder.fmul(lane, _splat(builder, scale))),
-                accm if mlane is None else builder.fadd(accm, builder.fmul(mlane, _splat(builder, mscale))))
+        terms, mterms = body(op, [getattr(d, "data", d) for d in data], b)
+        for lane, scale in terms:
+            acc = builder.fadd(acc, builder.fmul(lane, scale if scale.type == V8F else _splat(builder, scale)))
+        for lane, scale in mterms:
+            accm = builder.fadd(accm, builder.fmul(lane, scale if scale.type == V8F else _splat(builder, scale)))
+        return acc, accm
 
     zero = ir.Constant(V8F, [0.0] * 8)
     acc, accm = _loop(builder, n, [zero, zero], step)
@@ -152,8 +156,12 @@ def _load_at(builder, ptr, offset, ty):
     return builder.load(builder.bitcast(builder.gep(ptr, [offset]), ty.as_pointer()), align=1)
 
 
-def _half(builder, ptr, offset):
-    return builder.fpext(builder.bitcast(_load_at(builder, ptr, offset, I16), ir.HalfType()), ir.FloatType())
+def _half_pair(builder, ptr, offset):
+    """The two f16 at ptr + offset as floats, loaded as one 32-bit vector. One scalar f16 load becomes
+    vpinsrw into whatever register LLVM picks, often an accumulator: that chains every block's scale onto
+    the previous block's sum."""
+    v = builder.fpext(_load_at(builder, ptr, offset, ir.VectorType(ir.HalfType(), 2)), ir.VectorType(ir.FloatType(), 2))
+    return builder.extract_element(v, ir.Constant(I32, 0)), builder.extract_element(v, ir.Constant(I32, 1))
 
 
 def _even_odd_sum(builder, v16):  # <16 x i32> -> <8 x i32>: v[2i] + v[2i+1]
@@ -191,7 +199,7 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at):
             row_, xd_, xh_, xl_, bs_ = ptrs
             o = builder.mul(b, ir.Constant(I64, block_bytes))
             at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
-            d, dmin = _half(builder, row_, o), _half(builder, row_, at(2))
+            d, dmin = _half_pair(builder, row_, o)
             w0, w1, w2 = (_load_at(builder, row_, at(4 + 4 * i), I32) for i in range(3))
             c = lambda v: ir.Constant(I32, v)  # noqa: E731
             six = lambda w: builder.and_(builder.lshr(w, c(6)), c(0x03030303))  # noqa: E731
@@ -222,7 +230,7 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at):
             pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
             m = builder.mul(builder.zext(pair(*mn), V8I32), pairs)  # min[s] * bsums of sub-block s: < 63 * 1.05e6
             xdb = _load_at(builder, xd_, b, ir.FloatType())
-            return (builder.sitofp(lane, V8F), builder.fmul(xdb, d), builder.sitofp(m, V8F), builder.fmul(xdb, dmin))
+            return [(builder.sitofp(lane, V8F), builder.fmul(xdb, d))], [(builder.sitofp(m, V8F), builder.fmul(xdb, dmin))]
 
         def codegen(context, builder, sig, args):
             return _row_loop(context, builder, sig, args, block_bytes, body)
@@ -239,25 +247,35 @@ q5_k_row = _q4_5_k_row(176, 16, 48)     # ... over a Q5_K row
 def q8_0_row(typingctx, row, xd, x16):
     """sum_e w[e] * x[e] over a Q8_0 row (blocks of 32: f16 d, 32 int8) against the 16-bit activations
     directly: sign-extended weights meet q16 in pmaddwd (exact int32 lanes), then per block
-    acc += f32(lanes) * (d * xd[b // 8]). No mins."""
+    acc += f32(lanes) * (d * xd[b // 8]). No mins. The row is a whole number of 256-element groups (8
+    blocks, one xd): the 8 scales are widened as one vector, which keeps them off the accumulator's chain
+    (one scalar f16 load per block was 17 cycles per block, LLVM merging it into the accumulator's register)."""
     if not (_ok(row) and xd in F32ARR and x16 in I16ARR):
         return None
 
-    def body(op, ptrs, b):
+    def body(op, ptrs, g):
         builder = op.b
         row_, xd_, x_ = ptrs
-        o = builder.mul(b, ir.Constant(I64, 34))
-        y = builder.mul(b, ir.Constant(I64, 32))
-        lanes = None
-        for c in range(2):
-            q = builder.sext(_load_at(builder, row_, builder.add(o, ir.Constant(I64, 2 + 16 * c)), V16I8), V16I16)
-            p = op.madd(q, _load_at(builder, x_, builder.add(y, ir.Constant(I64, 16 * c)), V16I16))
-            lanes = p if lanes is None else builder.add(lanes, p)
-        xdb = _load_at(builder, xd_, builder.udiv(b, ir.Constant(I64, 8)), ir.FloatType())
-        return builder.sitofp(lanes, V8F), builder.fmul(_half(builder, row_, o), xdb), None, None
+        o = builder.mul(g, ir.Constant(I64, 8 * 34))
+        y = builder.mul(g, ir.Constant(I64, 256))
+        d16 = ir.Constant(ir.VectorType(I16, 8), [0] * 8)
+        for j in range(8):
+            d16 = builder.insert_element(d16, _load_at(builder, row_, builder.add(o, ir.Constant(I64, 34 * j)), I16), ir.Constant(I32, j))
+        d = builder.fpext(builder.bitcast(d16, ir.VectorType(ir.HalfType(), 8)), V8F)
+        scales = builder.fmul(d, _splat(builder, _load_at(builder, xd_, g, ir.FloatType())))
+        terms = []
+        for j in range(8):
+            lanes = None
+            for c in range(2):
+                q = builder.sext(_load_at(builder, row_, builder.add(o, ir.Constant(I64, 34 * j + 2 + 16 * c)), V16I8), V16I16)
+                p = op.madd(q, _load_at(builder, x_, builder.add(y, ir.Constant(I64, 32 * j + 16 * c)), V16I16))
+                lanes = p if lanes is None else builder.add(lanes, p)
+            scale = builder.shuffle_vector(scales, ir.Constant(V8F, None), ir.Constant(V8I32, [j] * 8))
+            terms.append((builder.sitofp(lanes, V8F), scale))
+        return terms, []
 
     def codegen(context, builder, sig, args):
-        return _row_loop(context, builder, sig, args, 34, body)
+        return _row_loop(context, builder, sig, args, 8 * 34, body)
 
     return types.float64(row, xd, x16), codegen
 
@@ -275,7 +293,7 @@ def q6_k_row(typingctx, row, xd, xh, xl, bsums):
         row_, xd_, xh_, xl_, bs_ = ptrs
         o = builder.mul(b, ir.Constant(I64, 210))
         at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
-        d = _half(builder, row_, at(208))
+        d = _half_pair(builder, row_, at(206))[1]   # bytes 206-207 are the last scale
         scales8 = _load_at(builder, row_, at(192), V16I8)
         scales = builder.sext(scales8, V16I16)
         y = builder.mul(b, ir.Constant(I64, 256))
@@ -297,7 +315,7 @@ def q6_k_row(typingctx, row, xd, xh, xl, bsums):
         m = builder.add(builder.shuffle_vector(offs, undef, ir.Constant(V8I32, list(range(8)))),
                         builder.shuffle_vector(offs, undef, ir.Constant(V8I32, list(range(8, 16)))))
         dd = builder.fmul(_load_at(builder, xd_, b, ir.FloatType()), d)
-        return lane, dd, builder.sitofp(m, V8F), builder.fmul(dd, ir.Constant(ir.FloatType(), 32.0))
+        return [(lane, dd)], [(builder.sitofp(m, V8F), builder.fmul(dd, ir.Constant(ir.FloatType(), 32.0)))]
 
     def codegen(context, builder, sig, args):
         return _row_loop(context, builder, sig, args, 210, body)
