@@ -38,6 +38,9 @@ class _Ops:
     def madd(self, a, b):  # (16 x i16, 16 x i16) -> 8 x i32: a[2i]*b[2i] + a[2i+1]*b[2i+1]
         return self.b.call(_fn(self.b, "llvm.x86.avx2.pmadd.wd", V8I32, [V16I16, V16I16]), [a, b])
 
+    def pshufb(self, v, mask):  # 32 x i8, per 128-bit lane: v[mask[i]], or 0 where mask[i] < 0
+        return self.b.call(_fn(self.b, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8]), [v, mask])
+
     def splat8(self, value):
         return ir.Constant(V32I8, [value] * 32)
 
@@ -209,7 +212,8 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at):
             pair = lambda lo, hi: builder.bitcast(  # noqa: E731
                 builder.insert_element(builder.insert_element(ir.Constant(ir.VectorType(I32, 2), None), lo, c(0)), hi, c(1)),
                 ir.VectorType(I8, 8))
-            scales = builder.zext(pair(*sc), ir.VectorType(I16, 8))
+            sc8 = pair(*sc)   # the 8 scales as bytes, in both 128-bit lanes: each sub-block's scale is one vpshufb
+            scales = builder.shuffle_vector(sc8, ir.Constant(sc8.type, None), ir.Constant(ir.VectorType(I32, 32), list(range(8)) * 4))
             y = builder.mul(b, ir.Constant(I64, 256))
             qh = None if qh_at is None else _load_at(builder, row_, at(qh_at), V32I8)
             acc_h = acc_l = None
@@ -219,7 +223,7 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at):
                     s = 2 * g + half
                     if qh is not None:   # q |= ((qh >> s) & 1) << 4
                         q = builder.or_(q, builder.shl(builder.and_(builder.lshr(qh, op.splat8(s)), op.splat8(1)), op.splat8(4)))
-                    scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 16), [s] * 16))
+                    scale = builder.bitcast(op.pshufb(scales, ir.Constant(V32I8, [s, -128] * 16)), V16I16)  # zero-extended
                     off = builder.add(y, ir.Constant(I64, 32 * s))
                     ph = op.madd(op.maddubs(q, _load_at(builder, xh_, off, V32I8)), scale)
                     pl = op.madd(op.maddubs(q, _load_at(builder, xl_, off, V32I8)), scale)
