@@ -53,6 +53,9 @@ W2X2_SIG = types.void(types.Array(types.int16, 1, "C"), OUT, types.Array(types.i
                       types.int64, types.int64, types.Array(types.float64, 1, "C"))
 
 
+KERNEL = types.intp  # a row kernel's address (kernel_address), as the drivers take it
+
+
 def kernel_address(dispatcher, sig) -> int:
     """The address of a compiled row kernel (its C-callable wrapper) for the drivers' call_<sig>
     intrinsics. Compiling loads from the on-disk cache when it can; the dispatcher (a module global)

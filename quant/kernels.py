@@ -1,8 +1,8 @@
 """Public ops on QuantizedTensor: matvec (decode), matmul (prefill), get_rows, dequantize.
 
-Each format module provides two row kernels (jit.DOT_SIG, jit.DEQUANT_SIG); the two parallel drivers
-below take their addresses (jit.kernel_address, called through jit.pointer_call), so each driver is compiled once for all types
-and everything stays in Numba's on-disk cache. Each output row is computed by one thread in a fixed
+Each format module provides two row kernels (jit.DOT_SIG, jit.DEQUANT_SIG); the parallel drivers below
+take their addresses (jit.kernel_address, called through jit.pointer_call), so each driver is compiled
+once for all types and everything stays in Numba's on-disk cache. Each output row is computed by one thread in a fixed
 order, so results do not depend on the thread count.
 """
 from functools import cache
@@ -15,7 +15,8 @@ from gguf import GGMLQuantizationType as T
 from . import intdot
 from .activations import quantize_activations
 from .formats import FORMATS
-from .jit import DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W2X2_SIG, kernel_address, njit_parallel, pointer_call
+from .jit import (DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W2X2_SIG,
+                  kernel_address, njit_parallel, pointer_call)
 from .simd import HAS_AVX2, w16_mins
 from .tensor import QuantizedTensor
 
@@ -24,7 +25,6 @@ TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 
 
 _call_dot, _call_dequant = pointer_call(DOT_SIG), pointer_call(DEQUANT_SIG)
 _call_dot16, _call_unpack16, _call_2x2 = pointer_call(DOT16_SIG), pointer_call(UNPACK16_SIG), pointer_call(W2X2_SIG)
-KERNEL = types.intp   # a row kernel's address
 
 
 @njit_parallel(types.void(KERNEL, ROWS, VEC, OUT))

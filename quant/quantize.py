@@ -25,7 +25,7 @@ from numba import prange, types
 
 from .formats import FORMATS, UnsupportedTypeError, type_name
 from .ggufio import TensorEntry, header_bytes, kv_u32, read_header
-from .jit import QUANT_SIG, kernel_address, njit_parallel, pointer_call
+from .jit import KERNEL, QUANT_SIG, kernel_address, njit_parallel, pointer_call
 from .kernels import dequantize
 from .recipe import FTYPES, plan
 from .tensor import QuantizedTensor
@@ -42,7 +42,7 @@ QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 _call_quantize = pointer_call(QUANT_SIG)
 
 
-@njit_parallel(types.void(types.intp, types.Array(types.float32, 2, "C", readonly=True), types.Array(types.uint8, 2, "C")))
+@njit_parallel(types.void(KERNEL, types.Array(types.float32, 2, "C", readonly=True), types.Array(types.uint8, 2, "C")))
 def _quantize_rows(quantize_row, x, out):
     for r in prange(x.shape[0]):
         _call_quantize(quantize_row, (x[r], out[r]))

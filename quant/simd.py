@@ -143,12 +143,13 @@ def _row_loop(context, builder, sig, args, block_bytes, body):
     def step(b, accs):
         acc, accm = accs
         _prefetch_ahead(builder, data[0].data, builder.mul(b, ir.Constant(I64, block_bytes)), block_bytes)
+        def add(total, terms):
+            for lane, scale in terms:
+                total = builder.fadd(total, builder.fmul(lane, scale if scale.type == V8F else _splat(builder, scale)))
+            return total
+
         terms, mterms = body(op, [getattr(d, "data", d) for d in data], b)
-        for lane, scale in terms:
-            acc = builder.fadd(acc, builder.fmul(lane, scale if scale.type == V8F else _splat(builder, scale)))
-        for lane, scale in mterms:
-            accm = builder.fadd(accm, builder.fmul(lane, scale if scale.type == V8F else _splat(builder, scale)))
-        return acc, accm
+        return add(acc, terms), add(accm, mterms)
 
     zero = ir.Constant(V8F, [0.0] * 8)
     acc, accm = _loop(builder, n, [zero, zero], step)
