@@ -1,9 +1,11 @@
 """Activation quantization for the integer dot products of K-quant weights (decode).
 
 Per block of 256 activations (a K-quant super-block): d = max|x| / 32512 (float32), and
-q16[e] = rint(x[e] / d) in [-32512, 32512], stored three ways: q16 itself (portable loops) and two
-int8 planes hi = (q16 + 128) >> 8, lo = q16 - 256 * hi (hi in [-127, 127], lo in [-128, 127]) for
-x86 pmaddubsw (AVX2); bsums[16 * b + j] = sum of q16 over elements 16j..16j+15 of block b (the Q4_K
+q16[e] = rint(x[e] / d) in [-32512, 32512], stored four ways: q16 itself (portable loops, Q8_0); qp,
+q16 with each 32 reordered as its 16 even-indexed then its 16 odd-indexed elements (the Q4_K / Q5_K
+AVX2 kernels take two weights from each 16-bit word of quants, the low byte's and the high byte's,
+with shifts and masks only); two int8 planes hi = (q16 + 128) >> 8, lo = q16 - 256 * hi (hi in
+[-127, 127], lo in [-128, 127]) for x86 pmaddubsw (Q6_K); bsums[16 * b + j] = sum of q16 over elements 16j..16j+15 of block b (the Q4_K
 mins and the Q6_K offset of 32 use them).
 Why 16 bits and not llama.cpp's 8 (Q8_K): int8 activations cost ~0.7% relative error per dot
 product (random data), 16 bits ~3e-5, within the 1e-3 bar, for twice the (cache-resident)
@@ -18,7 +20,7 @@ QMAX = 32512  # 127 * 256: hi stays within int8
 
 
 def quantize_reference(x: np.ndarray):
-    """x (K,) float32, K % 256 == 0 -> d (K/256,) f32, q16 int16, hi int8, lo int8, bsums int32 (K/16,)."""
+    """x (K,) float32, K % 256 == 0 -> d (K/256,) f32, q16 int16, qp int16, hi int8, lo int8, bsums int32 (K/16,)."""
     xb = x.astype(np.float32).reshape(-1, BLOCK)
     amax = np.abs(xb).max(axis=1)
     d = (amax / np.float32(QMAX)).astype(np.float32)
@@ -27,14 +29,17 @@ def quantize_reference(x: np.ndarray):
     hi = (q + 128) >> 8
     lo = q - 256 * hi
     bsums = q.reshape(-1, 16).sum(axis=1).astype(np.int32)
-    return d, q.reshape(-1).astype(np.int16), hi.reshape(-1).astype(np.int8), lo.reshape(-1).astype(np.int8), bsums
+    q32 = q.reshape(-1, 32)
+    qp = np.concatenate([q32[:, 0::2], q32[:, 1::2]], axis=1)
+    return (d, q.reshape(-1).astype(np.int16), qp.reshape(-1).astype(np.int16), hi.reshape(-1).astype(np.int8),
+            lo.reshape(-1).astype(np.int8), bsums)
 
 
 @njit
-def quantize(x, d, q16, hi, lo, bsums):
-    """Three loops per block that LLVM vectorizes (about 3x faster than one scalar loop): max |x| as
+def quantize(x, d, q16, qp, hi, lo, bsums):
+    """Four loops per block that LLVM vectorizes (about 3x faster than one scalar loop): max |x| as
     the largest magnitude bit pattern (an integer max; a float max reduction is not reordered without
-    fast-math), the rounding, then the sums of 16."""
+    fast-math), the rounding, the sums of 16, then qp."""
     bits = x.view(np.uint32)
     for b in range(x.size // BLOCK):
         y = b * BLOCK
@@ -53,19 +58,23 @@ def quantize(x, d, q16, hi, lo, bsums):
             for i in range(16 * j, 16 * j + 16):
                 s += np.int32(q16[i])
             bsums[j] = s
+        for c in range(y, y + BLOCK, 32):   # each 32's even-indexed elements, then its odd ones
+            for j in range(16):
+                qp[c + j], qp[c + 16 + j] = q16[c + 2 * j], q16[c + 2 * j + 1]
 
 
 @njit
-def quantize_rows(x, d, q16, hi, lo, bsums):
+def quantize_rows(x, d, q16, qp, hi, lo, bsums):
     for t in range(x.shape[0]):
-        quantize(x[t], d[t], q16[t], hi[t], lo[t], bsums[t])
+        quantize(x[t], d[t], q16[t], qp[t], hi[t], lo[t], bsums[t])
 
 
 def quantize_activations(x: np.ndarray):
-    """x (K,) or (T, K) float32 contiguous -> (d, q16, hi, lo, bsums) as in quantize_reference,
+    """x (K,) or (T, K) float32 contiguous -> (d, q16, qp, hi, lo, bsums) as in quantize_reference,
     with the leading T axis on each if x has one."""
     lead, k = x.shape[:-1], x.shape[-1]
     d, bsums = np.empty((*lead, k // BLOCK), np.float32), np.empty((*lead, k // 16), np.int32)
-    q16, hi, lo = np.empty(x.shape, np.int16), np.empty(x.shape, np.int8), np.empty(x.shape, np.int8)
-    (quantize_rows if lead else quantize)(x, d, q16, hi, lo, bsums)
-    return d, q16, hi, lo, bsums
+    q16, qp = np.empty(x.shape, np.int16), np.empty(x.shape, np.int16)
+    hi, lo = np.empty(x.shape, np.int8), np.empty(x.shape, np.int8)
+    (quantize_rows if lead else quantize)(x, d, q16, qp, hi, lo, bsums)
+    return d, q16, qp, hi, lo, bsums

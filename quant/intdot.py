@@ -80,27 +80,27 @@ def k_row_loop(row, xd, x16, bsums, nbytes, qh_at, qs_at):
 
 
 @njit
-def dot_q4_k(row, xd, x16, xh, xl, bsums):
+def dot_q4_k(row, xd, x16, xp, xh, xl, bsums):
     return k_row_loop(row, xd, x16, bsums, Q4_K_BYTES, -1, 16)
 
 
 @njit
-def dot_q4_k_avx2(row, xd, x16, xh, xl, bsums):
-    return q4_k_row(row, xd, xh, xl, bsums)
+def dot_q4_k_avx2(row, xd, x16, xp, xh, xl, bsums):
+    return q4_k_row(row, xd, xp, bsums)
 
 
 @njit
-def dot_q5_k(row, xd, x16, xh, xl, bsums):
+def dot_q5_k(row, xd, x16, xp, xh, xl, bsums):
     return k_row_loop(row, xd, x16, bsums, Q5_K_BYTES, 16, 48)
 
 
 @njit
-def dot_q5_k_avx2(row, xd, x16, xh, xl, bsums):
-    return q5_k_row(row, xd, xh, xl, bsums)
+def dot_q5_k_avx2(row, xd, x16, xp, xh, xl, bsums):
+    return q5_k_row(row, xd, xp, bsums)
 
 
 @njit
-def dot_q8_0(row, xd, x16, xh, xl, bsums):
+def dot_q8_0(row, xd, x16, xp, xh, xl, bsums):
     """Portable simd.q8_0_row."""
     q8 = row.view(np.int8)
     acc, lanes = np.zeros(8, np.float32), np.empty(8, np.int32)
@@ -116,12 +116,12 @@ def dot_q8_0(row, xd, x16, xh, xl, bsums):
 
 
 @njit
-def dot_q8_0_avx2(row, xd, x16, xh, xl, bsums):
+def dot_q8_0_avx2(row, xd, x16, xp, xh, xl, bsums):
     return q8_0_row(row, xd, x16)
 
 
 @njit
-def dot_q6_k(row, xd, x16, xh, xl, bsums):
+def dot_q6_k(row, xd, x16, xp, xh, xl, bsums):
     """Portable simd.q6_k_row (same lanes, same float32 operations in the same order)."""
     sc = row.view(np.int8)
     acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
@@ -147,7 +147,7 @@ def dot_q6_k(row, xd, x16, xh, xl, bsums):
 
 
 @njit
-def dot_q6_k_avx2(row, xd, x16, xh, xl, bsums):
+def dot_q6_k_avx2(row, xd, x16, xp, xh, xl, bsums):
     return q6_k_row(row, xd, xh, xl, bsums)
 
 

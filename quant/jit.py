@@ -40,9 +40,9 @@ OUT2 = types.Array(types.float32, 2, "C")
 IDS = types.Array(types.int64, 1, "C", readonly=True)
 DOT_SIG = types.float64(ROW, VEC)  # dot(row, x) -> sum_k w[k] * x[k]
 DEQUANT_SIG = types.void(ROW, OUT)  # dequantize(row, out (K,))
-# Integer decode kernels (intdot.py): dot(row, xd (K/256,) f32, q16 (K,) i16, hi (K,) i8, lo (K,) i8,
-# bsums (K/16,) i32) -> sum_k w[k] * x[k], x given quantized by activations.py
-DOT16_SIG = types.float64(ROW, VEC, types.Array(types.int16, 1, "C", readonly=True),
+# Integer decode kernels (intdot.py): dot(row, xd (K/256,) f32, q16 (K,) i16, qp (K,) i16, hi (K,) i8,
+# lo (K,) i8, bsums (K/16,) i32) -> sum_k w[k] * x[k], x given quantized by activations.py
+DOT16_SIG = types.float64(ROW, VEC, *(types.Array(types.int16, 1, "C", readonly=True),) * 2,
                           types.Array(types.int8, 1, "C", readonly=True), types.Array(types.int8, 1, "C", readonly=True),
                           types.Array(types.int32, 1, "C", readonly=True))
 # Prefill (intdot.py): unpack(row, w16 (K,) i16, dsc (K/256,) f32, msc (K/32,) f32), then for two rows

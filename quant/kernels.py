@@ -40,9 +40,9 @@ def _dequantize_rows(dequantize_row, rows, ids, out):
 
 
 @njit_parallel(types.void(KERNEL, ROWS, *DOT16_SIG.args[1:], OUT))
-def _dot16_rows(dot, rows, xd, q16, hi, lo, bsums, out):
+def _dot16_rows(dot, rows, xd, q16, qp, hi, lo, bsums, out):
     for r in prange(rows.shape[0]):
-        out[r] = _call_dot16(dot, (rows[r], xd, q16, hi, lo, bsums))
+        out[r] = _call_dot16(dot, (rows[r], xd, q16, qp, hi, lo, bsums))
 
 
 @njit_parallel(types.void(KERNEL, KERNEL, ROWS,
@@ -153,7 +153,7 @@ def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     n_t = x.shape[0]
     if n_t % 2:
         x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])
-    xd, q16, _, _, bsums = quantize_activations(x)
+    xd, q16, _, _, _, bsums = quantize_activations(x)
     px = (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(xd, 8, axis=1)  # (T, K/32): sums of x over each 32
     unpack, dot2x2 = _prefill_kernels(w.ggml_type, INT_PATH)
     mins = w.ggml_type != T.Q6_K   # Q6_K has no mins (msc all zero)

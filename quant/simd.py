@@ -192,15 +192,19 @@ def _row_args_ok(row, xd, xh, xl, bsums):
 
 def _q4_5_k_row(block_bytes, qh_at, qs_at):
     """The row intrinsic of Q4_K (qh_at None) or Q5_K (a fifth bit per weight in 32 bytes at qh_at: bit s of
-    byte l belongs to element l of sub-block s). Scales and mins are packed alike in both."""
+    byte l belongs to element l of sub-block s). Scales and mins are packed alike in both.
+    Word k of the 32 quant bytes of sub-blocks 2g, 2g + 1 holds element 2k of both in its low byte (a nibble
+    each) and element 2k + 1 in its high byte: shifts and masks make four int16 vectors of them that meet qp
+    (evens, then odds of each 32) in pmaddwd. Per 32 weights 2 pmaddwd and a pmulld by the scale, where
+    pmaddubsw on the hi and lo planes took 4 multiplies: 8% faster in cache."""
     @intrinsic
-    def k_row(typingctx, row, xd, xh, xl, bsums):
-        if not _row_args_ok(row, xd, xh, xl, bsums):
+    def k_row(typingctx, row, xd, xp, bsums):
+        if not (_ok(row) and xd in F32ARR and xp in I16ARR and bsums in I32ARR):
             return None
 
         def body(op, ptrs, b):
             builder = op.b
-            row_, xd_, xh_, xl_, bs_ = ptrs
+            row_, xd_, xp_, bs_ = ptrs
             o = builder.mul(b, ir.Constant(I64, block_bytes))
             at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
             d, dmin = _half_pair(builder, row_, o)
@@ -216,35 +220,41 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at):
             sc8 = pair(*sc)   # the 8 scales as bytes, in both 128-bit lanes: each sub-block's scale is one vpshufb
             scales = builder.shuffle_vector(sc8, ir.Constant(sc8.type, None), ir.Constant(ir.VectorType(I32, 32), list(range(8)) * 4))
             y = builder.mul(b, ir.Constant(I64, 256))
-            qh = None if qh_at is None else _load_at(builder, row_, at(qh_at), V32I8)
-            acc_h = acc_l = None
+            splat16 = lambda k: ir.Constant(V16I16, [k] * 16)  # noqa: E731
+            qh = None if qh_at is None else _load_at(builder, row_, at(qh_at), V16I16)
+            acc = None
             for g in range(4):
-                v = _load_at(builder, row_, at(qs_at + 32 * g), V32I8)
-                for half, q in enumerate((builder.and_(v, op.splat8(15)), builder.lshr(v, op.splat8(4)))):
+                v = _load_at(builder, row_, at(qs_at + 32 * g), V16I16)
+                for half in range(2):
                     s = 2 * g + half
-                    if qh is not None:   # q |= ((qh >> s) & 1) << 4
-                        q = builder.or_(q, builder.shl(builder.and_(builder.lshr(qh, op.splat8(s)), op.splat8(1)), op.splat8(4)))
-                    scale = builder.bitcast(op.pshufb(scales, ir.Constant(V32I8, [s, -128] * 16)), V16I16)  # zero-extended
-                    off = builder.add(y, ir.Constant(I64, 32 * s))
-                    ph = op.madd(op.maddubs(q, _load_at(builder, xh_, off, V32I8)), scale)
-                    pl = op.madd(op.maddubs(q, _load_at(builder, xl_, off, V32I8)), scale)
-                    acc_h = ph if acc_h is None else builder.add(acc_h, ph)
-                    acc_l = pl if acc_l is None else builder.add(acc_l, pl)
-            # a lane: 8 sub-blocks x scale 63 x 4 x 31 x 128 < 8.1e6 per plane; 257 x that < 2**31
-            lane = builder.add(builder.shl(acc_h, ir.Constant(V8I32, [8] * 8)), acc_l)
+                    ints = None
+                    for parity in range(2):   # even elements (low bytes), then odd (high bytes)
+                        shift = 4 * half + 8 * parity
+                        q = builder.lshr(v, splat16(shift)) if shift else v
+                        q = builder.and_(q, splat16(15)) if shift < 12 else q
+                        if qh is not None:   # q |= bit s of the qh byte, moved to bit 4
+                            bit = s + 8 * parity
+                            moved = builder.lshr(qh, splat16(bit - 4)) if bit > 4 else builder.shl(qh, splat16(4 - bit))
+                            q = builder.or_(q, builder.and_(moved, splat16(16)))
+                        p = op.madd(q, _load_at(builder, xp_, builder.add(y, ir.Constant(I64, 32 * s + 16 * parity)), V16I16))
+                        ints = p if ints is None else builder.add(ints, p)
+                    scale = builder.bitcast(op.pshufb(scales, ir.Constant(V32I8, [s, -128, -128, -128] * 8)), V8I32)
+                    p = builder.mul(ints, scale)
+                    acc = p if acc is None else builder.add(acc, p)
+            # lane L: elements 4L..4L+3 of each of 8 sub-blocks, 8 x 4 x 31 x 32512 x 63 < 2**31 (Q5_K)
             pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
             m = builder.mul(builder.zext(pair(*mn), V8I32), pairs)  # min[s] * bsums of sub-block s: < 63 * 1.05e6
             xdb = _load_at(builder, xd_, b, ir.FloatType())
-            return [(builder.sitofp(lane, V8F), builder.fmul(xdb, d))], [(builder.sitofp(m, V8F), builder.fmul(xdb, dmin))]
+            return [(builder.sitofp(acc, V8F), builder.fmul(xdb, d))], [(builder.sitofp(m, V8F), builder.fmul(xdb, dmin))]
 
         def codegen(context, builder, sig, args):
             return _row_loop(context, builder, sig, args, block_bytes, body)
 
-        return types.float64(row, xd, xh, xl, bsums), codegen
+        return types.float64(row, xd, xp, bsums), codegen
     return k_row
 
 
-q4_k_row = _q4_5_k_row(144, None, 16)   # sum_e w[e] * x[e] over a Q4_K row, x as activations.py's (xd, hi, lo, bsums)
+q4_k_row = _q4_5_k_row(144, None, 16)   # sum_e w[e] * x[e] over a Q4_K row, x as activations.py's (xd, qp, bsums)
 q5_k_row = _q4_5_k_row(176, 16, 48)     # ... over a Q5_K row
 
 

@@ -148,8 +148,9 @@ def test_activation_quantization_matches_reference():
     ref, ours = quantize_reference(x), quantize_activations(x)
     for a, b in zip(ref, ours):
         assert a.dtype == b.dtype and np.array_equal(a, b)
-    d, q16, hi, lo, bsums = ours
+    d, q16, qp, hi, lo, bsums = ours
     assert np.abs(q16).max() == QMAX and d[2] == 0 and not q16[512:].any()
+    np.testing.assert_array_equal(qp[:32], np.concatenate([q16[0:32:2], q16[1:32:2]]))
     np.testing.assert_array_equal(256 * hi.astype(np.int32) + lo, q16)
     stacked = quantize_activations(np.stack([x, -x]))
     np.testing.assert_array_equal(stacked[1][0], q16)
