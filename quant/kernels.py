@@ -17,7 +17,7 @@ from .activations import quantize_activations
 from .formats import FORMATS
 from .jit import (DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W2X2_SIG,
                   kernel_address, njit_parallel, pointer_call)
-from .simd import HAS_AVX2, w16_mins
+from .simd import HAS_AVX2, HAS_AVX512, w16_mins
 from .tensor import QuantizedTensor
 
 TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 4 MB
@@ -69,26 +69,29 @@ def _w16_rows(unpack, dot2x2, rows, x16, xd, px, mins, out):
                 out[r[i], j] = two[p] - m
 
 
-# Decode path of types with integer kernels (intdot.py): "avx2" or "portable", chosen once here from
-# the CPU's features; tests switch it to check that both paths agree.
-INT_PATH = "avx2" if HAS_AVX2 else "portable"
-_INT_KERNELS = {T.Q4_K: (intdot.dot_q4_k, intdot.dot_q4_k_avx2, intdot.unpack_q4_k),
-                T.Q6_K: (intdot.dot_q6_k, intdot.dot_q6_k_avx2, intdot.unpack_q6_k),
-                T.Q5_K: (intdot.dot_q5_k, intdot.dot_q5_k_avx2, None),   # None: prefill dequantizes, BLAS
-                T.Q8_0: (intdot.dot_q8_0, intdot.dot_q8_0_avx2, None)}
-_W2X2 = (intdot.w16_2x2_loop, intdot.w16_2x2_avx2)
+# Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
+# from the CPU's features; tests switch it to check that all paths agree. Q6_K and Q8_0 have no AVX-512
+# kernel: AVX-512 CPUs run their AVX2 one.
+INT_PATH = "avx512" if HAS_AVX512 else "avx2" if HAS_AVX2 else "portable"
+_DECODE = {T.Q4_K: {"portable": intdot.dot_q4_k, "avx2": intdot.dot_q4_k_avx2, "avx512": intdot.dot_q4_k_avx512},
+           T.Q5_K: {"portable": intdot.dot_q5_k, "avx2": intdot.dot_q5_k_avx2, "avx512": intdot.dot_q5_k_avx512},
+           T.Q6_K: {"portable": intdot.dot_q6_k, "avx2": intdot.dot_q6_k_avx2, "avx512": intdot.dot_q6_k_avx2},
+           T.Q8_0: {"portable": intdot.dot_q8_0, "avx2": intdot.dot_q8_0_avx2, "avx512": intdot.dot_q8_0_avx2}}
+# Prefill's unpack (None: that type's prefill dequantizes for BLAS) and two-by-two kernel per path
+_UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q6_K: intdot.unpack_q6_k, T.Q5_K: None, T.Q8_0: None}
+_W2X2 = {"portable": intdot.w16_2x2_loop, "avx2": intdot.w16_2x2_avx2, "avx512": intdot.w16_2x2_avx2}
 INT_MATMUL_MAX_T = 24  # prefill of Q4_K / Q6_K: integer kernels up to this many tokens, dequantize + BLAS above (as fast at ~32, faster above)
 TILE_BYTES = 1 << 18  # prefill: a tile of tokens whose 16-bit activations fit in L2 meets each unpacked row
 
 
 @cache
 def _int_kernel(ggml_type: int, path: str):
-    return kernel_address(_INT_KERNELS[ggml_type][path == "avx2"], DOT16_SIG)
+    return kernel_address(_DECODE[ggml_type][path], DOT16_SIG)
 
 
 @cache
 def _prefill_kernels(ggml_type: int, path: str):
-    return kernel_address(_INT_KERNELS[ggml_type][2], UNPACK16_SIG), kernel_address(_W2X2[path == "avx2"], W2X2_SIG)
+    return kernel_address(_UNPACK[ggml_type], UNPACK16_SIG), kernel_address(_W2X2[path], W2X2_SIG)
 
 
 @cache
@@ -120,7 +123,7 @@ def matvec(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     n, k = _matrix(w, "matvec")
     x = _activations(x, k, 1, "matvec")
     out = np.empty(n, np.float32)
-    if not exact and w.ggml_type in _INT_KERNELS and k % 256 == 0:
+    if not exact and w.ggml_type in _DECODE and k % 256 == 0:
         _dot16_rows(_int_kernel(w.ggml_type, INT_PATH), w.data, *quantize_activations(x), out)
     else:
         _dot_rows(_kernels(w.ggml_type)[0], w.data, x, out)
@@ -134,7 +137,7 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     x = _activations(x, k, 2, "matmul")
     if x.shape[0] == 1:
         return matvec(w, x[0], exact)[None, :]
-    if not exact and _INT_KERNELS.get(w.ggml_type, (None,) * 3)[2] and x.shape[0] <= INT_MATMUL_MAX_T:
+    if not exact and _UNPACK.get(w.ggml_type) and x.shape[0] <= INT_MATMUL_MAX_T:
         return _int_matmul(w, x)
     dequantize_row = _kernels(w.ggml_type)[1]
     out = np.empty((x.shape[0], n), np.float32)

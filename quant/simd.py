@@ -5,14 +5,18 @@ over the blocks included: exact integer sums per block in 8 lanes, with x86 `pma
 pairwise i16) and `pmaddwd` (i16 x i16 -> pairwise i32), accumulated in float32 vectors, summed once
 per row. intdot.py's portable loops (the path for CPUs without AVX2, chosen once in kernels.py) do
 the same operations in the same order, so the two agree bit for bit.
-Only compile (call) these on a CPU with AVX2: HAS_AVX2 says whether this one has it.
+Only compile (call) these on a CPU with AVX2 (HAS_AVX2), the *_row512 ones with AVX-512 BW and VNNI
+(HAS_AVX512).
 """
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-HAS_AVX2 = bool(llvm.get_host_cpu_features().get("avx2", False))
+_FEATURES = llvm.get_host_cpu_features()
+HAS_AVX2 = bool(_FEATURES.get("avx2", False))
+# The *_row512 kernels: 512-bit integer ops (avx512bw) and vpdpwssd (avx512vnni)
+HAS_AVX512 = HAS_AVX2 and all(_FEATURES.get(f, False) for f in ("avx512f", "avx512bw", "avx512vnni"))
 
 I8, I16, I32, I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 V32I8, V16I8, V16I16, V8I32 = ir.VectorType(I8, 32), ir.VectorType(I8, 16), ir.VectorType(I16, 16), ir.VectorType(I32, 8)
@@ -37,6 +41,10 @@ class _Ops:
 
     def madd(self, a, b):  # (16 x i16, 16 x i16) -> 8 x i32: a[2i]*b[2i] + a[2i+1]*b[2i+1]
         return self.b.call(_fn(self.b, "llvm.x86.avx2.pmadd.wd", V8I32, [V16I16, V16I16]), [a, b])
+
+    def dpwssd(self, acc, a, b):  # AVX-512 VNNI: (16 x i32, 32 x i16, 32 x i16) -> acc[i] + a[2i]*b[2i] + a[2i+1]*b[2i+1]
+        v16i32, v32i16 = ir.VectorType(I32, 16), ir.VectorType(I16, 32)
+        return self.b.call(_fn(self.b, "llvm.x86.avx512.vpdpwssd.512", v16i32, [v16i32, v32i16, v32i16]), [acc, a, b])
 
     def pshufb(self, v, mask):  # 32 x i8, per 128-bit lane: v[mask[i]], or 0 where mask[i] < 0
         return self.b.call(_fn(self.b, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8]), [v, mask])
@@ -190,7 +198,69 @@ def _row_args_ok(row, xd, xh, xl, bsums):
     return _ok(row, xh, xl) and xd in F32ARR and bsums in I32ARR
 
 
-def _q4_5_k_row(block_bytes, qh_at, qs_at):
+def _k_quants_256(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
+    """AVX2: the exact sum_s scale[s] * sum q x of a Q4_K / Q5_K block in 8 int32 lanes (lane L: elements
+    4L..4L+3 of each 32)."""
+    builder = op.b
+    splat16 = lambda k: ir.Constant(V16I16, [k] * 16)  # noqa: E731
+    qh = None if qh_at is None else _load_at(builder, row_, at(qh_at), V16I16)
+    acc = None
+    for g in range(4):
+        v = _load_at(builder, row_, at(qs_at + 32 * g), V16I16)
+        for half in range(2):
+            s = 2 * g + half
+            ints = None
+            for parity in range(2):   # even elements (low bytes), then odd (high bytes)
+                shift = 4 * half + 8 * parity
+                q = builder.lshr(v, splat16(shift)) if shift else v
+                q = builder.and_(q, splat16(15)) if shift < 12 else q
+                if qh is not None:   # q |= bit s of the qh byte, moved to bit 4
+                    bit = s + 8 * parity
+                    moved = builder.lshr(qh, splat16(bit - 4)) if bit > 4 else builder.shl(qh, splat16(4 - bit))
+                    q = builder.or_(q, builder.and_(moved, splat16(16)))
+                p = op.madd(q, _load_at(builder, xp_, builder.add(y, ir.Constant(I64, 32 * s + 16 * parity)), V16I16))
+                ints = p if ints is None else builder.add(ints, p)
+            scale = builder.bitcast(op.pshufb(scales, ir.Constant(V32I8, [s, -128, -128, -128] * 8)), V8I32)
+            p = builder.mul(ints, scale)
+            acc = p if acc is None else builder.add(acc, p)
+    return acc
+
+
+def _k_quants_512(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
+    """AVX-512 VNNI, the same 8 lanes: a 64-byte load holds the quants of groups 2P (low 256 bits) and
+    2P + 1, so each vector meets sub-blocks s and s + 2 at once; weights are scaled in int16 (vpmullw:
+    q * scale <= 31 * 63) and accumulate with vpdpwssd. The high 8 lanes (groups 2P + 1) are added to the
+    low ones at the end: the same integers as _k_quants_256 (each lane < 2**31 before and after)."""
+    builder = op.b
+    v32 = ir.VectorType(I16, 32)
+    splat = lambda k: ir.Constant(v32, [k] * 32)  # noqa: E731
+    sc16 = builder.zext(sc8, ir.VectorType(I16, 8))
+    qh = None
+    if qh_at is not None:   # the 16 qh words in both halves
+        qh = _load_at(builder, row_, at(qh_at), V16I16)
+        qh = builder.shuffle_vector(qh, qh, ir.Constant(ir.VectorType(I32, 32), list(range(16)) * 2))
+    acc = ir.Constant(ir.VectorType(I32, 16), [0] * 16)
+    for pg in range(2):
+        v = _load_at(builder, row_, at(qs_at + 64 * pg), v32)
+        for half in range(2):
+            s = (4 * pg + half, 4 * pg + 2 + half)   # the sub-blocks of the low and high 256 bits
+            scale = builder.shuffle_vector(sc16, ir.Constant(sc16.type, None), ir.Constant(ir.VectorType(I32, 32), [s[0]] * 16 + [s[1]] * 16))
+            for parity in range(2):
+                shift = 4 * half + 8 * parity
+                q = builder.lshr(v, splat(shift)) if shift else v
+                q = builder.and_(q, splat(15)) if shift < 12 else q
+                if qh is not None:   # q |= bit s + 8 parity of the qh word, moved to bit 4
+                    bits = builder.lshr(qh, ir.Constant(v32, [s[0] + 8 * parity] * 16 + [s[1] + 8 * parity] * 16))
+                    q = builder.or_(q, builder.and_(builder.shl(bits, splat(4)), splat(16)))
+                xs = [_load_at(builder, xp_, builder.add(y, ir.Constant(I64, 32 * sb + 16 * parity)), V16I16) for sb in s]
+                x = builder.shuffle_vector(xs[0], xs[1], ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+                acc = op.dpwssd(acc, builder.mul(q, scale), x)
+    undef = ir.Constant(acc.type, None)
+    return builder.add(builder.shuffle_vector(acc, undef, ir.Constant(V8I32, list(range(8)))),
+                       builder.shuffle_vector(acc, undef, ir.Constant(V8I32, list(range(8, 16)))))
+
+
+def _q4_5_k_row(block_bytes, qh_at, qs_at, wide=False):
     """The row intrinsic of Q4_K (qh_at None) or Q5_K (a fifth bit per weight in 32 bytes at qh_at: bit s of
     byte l belongs to element l of sub-block s). Scales and mins are packed alike in both.
     Word k of the 32 quant bytes of sub-blocks 2g, 2g + 1 holds element 2k of both in its low byte (a nibble
@@ -220,27 +290,8 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at):
             sc8 = pair(*sc)   # the 8 scales as bytes, in both 128-bit lanes: each sub-block's scale is one vpshufb
             scales = builder.shuffle_vector(sc8, ir.Constant(sc8.type, None), ir.Constant(ir.VectorType(I32, 32), list(range(8)) * 4))
             y = builder.mul(b, ir.Constant(I64, 256))
-            splat16 = lambda k: ir.Constant(V16I16, [k] * 16)  # noqa: E731
-            qh = None if qh_at is None else _load_at(builder, row_, at(qh_at), V16I16)
-            acc = None
-            for g in range(4):
-                v = _load_at(builder, row_, at(qs_at + 32 * g), V16I16)
-                for half in range(2):
-                    s = 2 * g + half
-                    ints = None
-                    for parity in range(2):   # even elements (low bytes), then odd (high bytes)
-                        shift = 4 * half + 8 * parity
-                        q = builder.lshr(v, splat16(shift)) if shift else v
-                        q = builder.and_(q, splat16(15)) if shift < 12 else q
-                        if qh is not None:   # q |= bit s of the qh byte, moved to bit 4
-                            bit = s + 8 * parity
-                            moved = builder.lshr(qh, splat16(bit - 4)) if bit > 4 else builder.shl(qh, splat16(4 - bit))
-                            q = builder.or_(q, builder.and_(moved, splat16(16)))
-                        p = op.madd(q, _load_at(builder, xp_, builder.add(y, ir.Constant(I64, 32 * s + 16 * parity)), V16I16))
-                        ints = p if ints is None else builder.add(ints, p)
-                    scale = builder.bitcast(op.pshufb(scales, ir.Constant(V32I8, [s, -128, -128, -128] * 8)), V8I32)
-                    p = builder.mul(ints, scale)
-                    acc = p if acc is None else builder.add(acc, p)
+            quants = _k_quants_512 if wide else _k_quants_256
+            acc = quants(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at)
             # lane L: elements 4L..4L+3 of each of 8 sub-blocks, 8 x 4 x 31 x 32512 x 63 < 2**31 (Q5_K)
             pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
             m = builder.mul(builder.zext(pair(*mn), V8I32), pairs)  # min[s] * bsums of sub-block s: < 63 * 1.05e6
@@ -256,6 +307,8 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at):
 
 q4_k_row = _q4_5_k_row(144, None, 16)   # sum_e w[e] * x[e] over a Q4_K row, x as activations.py's (xd, qp, bsums)
 q5_k_row = _q4_5_k_row(176, 16, 48)     # ... over a Q5_K row
+q4_k_row512 = _q4_5_k_row(144, None, 16, wide=True)   # the same, AVX-512 VNNI
+q5_k_row512 = _q4_5_k_row(176, 16, 48, wide=True)
 
 
 @intrinsic

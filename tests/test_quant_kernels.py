@@ -17,7 +17,7 @@ from gguf import GGUFReader
 from quant import (SUPPORTED_TYPES, QuantizedTensor, UnsupportedTypeError, dequantize, get_rows,
                    matmul, matvec)
 from quant.formats import FORMATS
-from quant.kernels import _INT_KERNELS as INT_KERNELS
+from quant.kernels import _DECODE as INT_KERNELS, _UNPACK
 
 K = 768  # a multiple of every block size (3 super-blocks)
 N = 37  # odd, so rows do not split evenly between threads
@@ -114,7 +114,7 @@ def test_integer_path_vs_float64(ggml_type, monkeypatch):
         xs = (rng.standard_normal((t, K)) * rng.uniform(0.01, 100, (t, 1))).astype(np.float32)
         ys = matmul(w, xs)
         assert_close(ys, xs.astype(np.float64) @ wf.T, f"{ggml_type.name} matmul T={t}", rel=1e-3)
-        if INT_KERNELS[ggml_type][2] is None:
+        if _UNPACK[ggml_type] is None:
             continue   # prefill dequantizes and uses BLAS: checked above against float64 only
         # integer prefill (int16 weights x 16-bit activations) and decode (two int8 planes,
         # simd.q4_k_row) round differently, by about 1e-7 of the result
@@ -122,19 +122,20 @@ def test_integer_path_vs_float64(ggml_type, monkeypatch):
         np.testing.assert_allclose(ys, decode, rtol=0, atol=1e-6 * np.abs(decode).max())
 
 
+@pytest.mark.parametrize("path", ["avx2", "avx512"])
 @pytest.mark.parametrize("ggml_type", list(INT_KERNELS), ids=lambda t: t.name)
-def test_portable_and_avx2_paths_bit_identical(ggml_type, monkeypatch):
+def test_portable_and_simd_paths_bit_identical(ggml_type, path, monkeypatch):
     import quant.kernels as qk
-    from quant.simd import HAS_AVX2
-    if not HAS_AVX2:
-        pytest.skip("this CPU has no AVX2")
+    from quant.simd import HAS_AVX2, HAS_AVX512
+    if not {"avx2": HAS_AVX2, "avx512": HAS_AVX512}[path]:
+        pytest.skip(f"this CPU cannot run the {path} kernels")
     w = random_tensor(ggml_type, (N, K), seed=13)
     rng = np.random.default_rng(14)
     x, xs = rng.standard_normal(K).astype(np.float32), rng.standard_normal((5, K)).astype(np.float32)
     results = []
     monkeypatch.setattr(qk, "INT_MATMUL_MAX_T", 1 << 30)
-    for path in ("portable", "avx2"):
-        monkeypatch.setattr(qk, "INT_PATH", path)
+    for p in ("portable", path):
+        monkeypatch.setattr(qk, "INT_PATH", p)
         results.append([matvec(w, x), matmul(w, xs)])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
@@ -283,15 +284,16 @@ def test_second_process_compiles_nothing():
             matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((2, 768), np.float32), exact=True)
         kernels = [_dot_rows, _dequantize_rows, _dot16_rows, _w16_rows, activations.quantize, activations.quantize_rows]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
-        kernels += [k for ks in qk._INT_KERNELS.values() for k in (ks[qk.INT_PATH == "avx2"], ks[2]) if k]
-        kernels += [qk._W2X2[qk.INT_PATH == "avx2"]]
+        kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for k in qk._UNPACK.values() if k]
+        kernels += [qk._W2X2[qk.INT_PATH]]
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     misses, hits = map(int, out.stdout.split())
-    kernels = len(INT_KERNELS) + sum(1 for ks in INT_KERNELS.values() if ks[2])   # decode + prefill unpackers
+    from quant.kernels import INT_PATH
+    kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(1 for k in _UNPACK.values() if k)   # decode + prefill unpackers
     assert misses == 0 and hits == 6 + 2 * len(FORMATS) + kernels + 1, out.stdout
 
 
