@@ -10,9 +10,9 @@ q8_0_row) that keeps exact integer sums in 8 lanes per block and accumulates the
 with one horizontal sum per row (dot_q4_k_avx512, dot_q5_k_avx512: the same lanes with AVX-512 VNNI);
 dot_<type> is the portable path for CPUs without AVX2, the same lanes and the same
 float32 operations in the same order, so both give the same bits.
-Prefill (jit.UNPACK16_SIG, jit.W2X2_SIG): unpack_<type> turns a row into int16 weights times their
-sub-block scales once, then w16_2x2[_avx2] (simd.w16_2x2) takes the dot products of two such rows with
-two tokens' q16 at a time (pmaddwd), the same lanes-then-float32 scheme; simd.w16_mins adds Q4_K's mins.
+Prefill (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type> turns a row into int16 weights times their
+sub-block scales once, then w16_4x2[_avx2|_avx512] (simd.w16_4x2[_512]) takes the dot products of four such rows
+with two tokens' q16 at a time (pmaddwd), the same lanes-then-float32 scheme; simd.w16_mins adds Q4_K's mins.
 Its rounding differs from decode's by ~1e-7.
 Rows streamed from memory are prefetched ahead (simd.PREFETCH_AHEAD) in the AVX2 and unpack paths; the
 portable decode loops are compute-bound and do without.
@@ -22,7 +22,7 @@ import numpy as np
 from .jit import half_to_f32, njit
 from .q6_k import quant
 from .simd import (prefetch_block, q4_k_row, q4_k_row512, q4_k_unpack16, q5_k_row, q5_k_row512, q6_k_row, q6_k_unpack16,
-                   q8_0_row, w16_2x2)
+                   q8_0_row, w16_4x2, w16_4x2_512)
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -192,7 +192,7 @@ def unpack_q6_k(row, w16, dsc, msc):
 
 @njit(inline="always")
 def w16_acc_loop(w16, dsc, x16, xd, xo, bo):
-    """Portable simd.w16_2x2 for one (row, token): sum_L acc[L], the same int32 lanes and float32
+    """Portable simd.w16_4x2 for one (row, token): sum_L acc[L], the same int32 lanes and float32
     operations in the same order."""
     acc = np.zeros(8, np.float32)
     lanes = np.empty(16, np.int32)
@@ -207,14 +207,19 @@ def w16_acc_loop(w16, dsc, x16, xd, xo, bo):
 
 
 @njit
-def w16_2x2_loop(w16, dsc, x16, xd, xo, bo, out):
-    """Portable simd.w16_2x2: rows a = w16[:K], b = w16[K:], tokens at xo and xo + K."""
-    k, nb = w16.size // 2, w16.size // 2 // BLOCK
-    for p in range(4):
+def w16_4x2_loop(w16, dsc, x16, xd, xo, bo, out):
+    """Portable simd.w16_4x2: rows r = w16[r K:(r + 1) K], tokens at xo and xo + K."""
+    k, nb = w16.size // 4, w16.size // 4 // BLOCK
+    for p in range(8):
         r, t = p // 2, p % 2
         out[p] = w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], x16, xd, xo + t * k, bo + t * nb)
 
 
 @njit
-def w16_2x2_avx2(w16, dsc, x16, xd, xo, bo, out):
-    w16_2x2(w16, dsc, x16, xd, xo, bo, out)
+def w16_4x2_avx2(w16, dsc, x16, xd, xo, bo, out):
+    w16_4x2(w16, dsc, x16, xd, xo, bo, out)
+
+
+@njit
+def w16_4x2_avx512(w16, dsc, x16, xd, xo, bo, out):
+    w16_4x2_512(w16, dsc, x16, xd, xo, bo, out)

@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as T
 from . import intdot
 from .activations import quantize_activations
 from .formats import FORMATS
-from .jit import (DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W2X2_SIG,
+from .jit import (DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
                   kernel_address, njit_parallel, pointer_call)
 from .simd import HAS_AVX2, HAS_AVX512, w16_mins
 from .tensor import QuantizedTensor
@@ -24,7 +24,7 @@ TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 
 
 
 _call_dot, _call_dequant = pointer_call(DOT_SIG), pointer_call(DEQUANT_SIG)
-_call_dot16, _call_unpack16, _call_2x2 = pointer_call(DOT16_SIG), pointer_call(UNPACK16_SIG), pointer_call(W2X2_SIG)
+_call_dot16, _call_unpack16, _call_4x2 = pointer_call(DOT16_SIG), pointer_call(UNPACK16_SIG), pointer_call(W4X2_SIG)
 
 
 @njit_parallel(types.void(KERNEL, ROWS, VEC, OUT))
@@ -48,25 +48,26 @@ def _dot16_rows(dot, rows, xd, q16, qp, hi, lo, bsums, out):
 @njit_parallel(types.void(KERNEL, KERNEL, ROWS,
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
                          types.boolean, OUT2))
-def _w16_rows(unpack, dot2x2, rows, x16, xd, px, mins, out):
+def _w16_rows(unpack, dot4x2, rows, x16, xd, px, mins, out):
     """x16 (T, K) with T even, xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd) -> out (N, T).
-    Rows go in pairs (an odd last row is paired with itself), each unpacked once, then meet the tokens two
-    at a time; mins: subtract the Q4_K mins."""
+    Rows go in fours (the last row repeated to fill the last four), each unpacked once, then meet the tokens
+    two at a time; mins: subtract the Q4_K mins."""
     n_t, k = x16.shape
     nb, n = k // 256, rows.shape[0]
     xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
-    for rp in prange((n + 1) // 2):
-        w16, dsc, msc = np.empty(2 * k, np.int16), np.empty(2 * nb, np.float32), np.empty(16 * nb, np.float32)
-        two = np.empty(4, np.float64)
-        r = (2 * rp, min(2 * rp + 1, n - 1))
-        for i in range(2):
-            _call_unpack16(unpack, (rows[r[i]], w16[i * k:(i + 1) * k], dsc[i * nb:(i + 1) * nb], msc[8 * i * nb:8 * (i + 1) * nb]))
+    for rq in prange((n + 3) // 4):
+        w16, dsc, msc = np.empty(4 * k, np.int16), np.empty(4 * nb, np.float32), np.empty(32 * nb, np.float32)
+        res = np.empty(8, np.float64)
+        r0, count = 4 * rq, min(4, n - 4 * rq)
+        for i in range(4):
+            _call_unpack16(unpack, (rows[r0 + min(i, count - 1)], w16[i * k:(i + 1) * k], dsc[i * nb:(i + 1) * nb],
+                                    msc[8 * i * nb:8 * (i + 1) * nb]))
         for t in range(0, n_t, 2):
-            _call_2x2(dot2x2, (w16, dsc, xf, df, t * k, t * nb, two))
-            for p in range(4 if r[1] != r[0] else 2):
+            _call_4x2(dot4x2, (w16, dsc, xf, df, t * k, t * nb, res))
+            for p in range(2 * count):
                 i, j = p // 2, t + p % 2
                 m = w16_mins(msc[8 * i * nb:8 * (i + 1) * nb], pf, 8 * j * nb) if mins else 0.0
-                out[r[i], j] = two[p] - m
+                out[r0 + i, j] = res[p] - m
 
 
 # Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
@@ -79,7 +80,7 @@ _DECODE = {T.Q4_K: {"portable": intdot.dot_q4_k, "avx2": intdot.dot_q4_k_avx2, "
            T.Q8_0: {"portable": intdot.dot_q8_0, "avx2": intdot.dot_q8_0_avx2, "avx512": intdot.dot_q8_0_avx2}}
 # Prefill's unpack (None: that type's prefill dequantizes for BLAS) and two-by-two kernel per path
 _UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q6_K: intdot.unpack_q6_k, T.Q5_K: None, T.Q8_0: None}
-_W2X2 = {"portable": intdot.w16_2x2_loop, "avx2": intdot.w16_2x2_avx2, "avx512": intdot.w16_2x2_avx2}
+_W4X2 = {"portable": intdot.w16_4x2_loop, "avx2": intdot.w16_4x2_avx2, "avx512": intdot.w16_4x2_avx512}
 INT_MATMUL_MAX_T = 24  # prefill of Q4_K / Q6_K: integer kernels up to this many tokens, dequantize + BLAS above (as fast at ~32, faster above)
 TILE_BYTES = 1 << 18  # prefill: a tile of tokens whose 16-bit activations fit in L2 meets each unpacked row
 
@@ -91,7 +92,7 @@ def _int_kernel(ggml_type: int, path: str):
 
 @cache
 def _prefill_kernels(ggml_type: int, path: str):
-    return kernel_address(_UNPACK[ggml_type], UNPACK16_SIG), kernel_address(_W2X2[path], W2X2_SIG)
+    return kernel_address(_UNPACK[ggml_type], UNPACK16_SIG), kernel_address(_W4X2[path], W4X2_SIG)
 
 
 @cache
@@ -158,7 +159,7 @@ def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
         x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])
     xd, q16, _, _, _, bsums = quantize_activations(x)
     px = (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(xd, 8, axis=1)  # (T, K/32): sums of x over each 32
-    unpack, dot2x2 = _prefill_kernels(w.ggml_type, INT_PATH)
+    unpack, dot4x2 = _prefill_kernels(w.ggml_type, INT_PATH)
     mins = w.ggml_type != T.Q6_K   # Q6_K has no mins (msc all zero)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     tile = max(8, TILE_BYTES // (2 * x.shape[1]) // 8 * 8)
@@ -166,7 +167,7 @@ def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     for t0 in range(0, x.shape[0], tile):
         t1 = min(x.shape[0], t0 + tile)
         p = part[:, :t1 - t0] if t1 - t0 == part.shape[1] else np.empty((w.shape[0], t1 - t0), np.float32)
-        _w16_rows(unpack, dot2x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], mins, p)
+        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], mins, p)
         out[t0:t1] = p.T
     return out[:n_t]
 

@@ -176,6 +176,12 @@ def _half_pair(builder, ptr, offset):
     return builder.extract_element(v, ir.Constant(I32, 0)), builder.extract_element(v, ir.Constant(I32, 1))
 
 
+def _fold16(builder, v16):  # <16 x i32> -> <8 x i32>: v[i] + v[i+8]
+    undef = ir.Constant(v16.type, None)
+    return builder.add(builder.shuffle_vector(v16, undef, ir.Constant(V8I32, list(range(8)))),
+                       builder.shuffle_vector(v16, undef, ir.Constant(V8I32, list(range(8, 16)))))
+
+
 def _even_odd_sum(builder, v16):  # <16 x i32> -> <8 x i32>: v[2i] + v[2i+1]
     undef = ir.Constant(v16.type, None)
     pick = lambda start: builder.shuffle_vector(v16, undef, ir.Constant(V8I32, list(range(start, 16, 2))))  # noqa: E731
@@ -255,9 +261,7 @@ def _k_quants_512(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
                 xs = [_load_at(builder, xp_, builder.add(y, ir.Constant(I64, 32 * sb + 16 * parity)), V16I16) for sb in s]
                 x = builder.shuffle_vector(xs[0], xs[1], ir.Constant(ir.VectorType(I32, 32), list(range(32))))
                 acc = op.dpwssd(acc, builder.mul(q, scale), x)
-    undef = ir.Constant(acc.type, None)
-    return builder.add(builder.shuffle_vector(acc, undef, ir.Constant(V8I32, list(range(8)))),
-                       builder.shuffle_vector(acc, undef, ir.Constant(V8I32, list(range(8, 16)))))
+    return _fold16(builder, acc)
 
 
 def _q4_5_k_row(block_bytes, qh_at, qs_at, wide=False):
@@ -453,54 +457,67 @@ def q6_k_unpack16(typingctx, row, o, w16, y):
     return types.none(row, o, w16, y), codegen
 
 
-@intrinsic
-def w16_2x2(typingctx, w16, dsc, x16, xd, xo, bo, out):
-    """Prefill, register-blocked: sum_L acc[L] (the integer dot in 8 lanes, then float32) for two rows and two tokens at once. w16 (2K,)
-    holds rows a and b unpacked (b at K), dsc (2 K/256,) their block scales; the tokens' activations are
-    x16[xo:xo+K], xd[bo:bo+K/256] and the next token's right after. Each x16 load serves both rows and
-    each w16 load both tokens: 4 loads per 4 pmaddwd instead of 2 per 1 (L2 bandwidth bound the one-pair
-    loop at about one pmaddwd per cycle). out (4,) f64: the sums of (a, t), (a, t+1), (b, t), (b, t+1).
-    Per block, lane i of each half (128 weights) sums pmaddwd lane i over 8 chunks of 16 (exact in int32:
-    |w16| <= 4064, |q16| <= 32512); acc[i] += (f32(half 0) + f32(half 1)) * (xd * d), as intdot.w16_acc_loop."""
-    if not (w16 in I16ARR and dsc in F32ARR and x16 in I16ARR and xd in F32ARR and isinstance(xo, types.Integer)
-            and isinstance(bo, types.Integer) and out == types.Array(types.float64, 1, "C")):
-        return None
+def _w16_4x2(wide):
+    @intrinsic
+    def w16_4x2(typingctx, w16, dsc, x16, xd, xo, bo, out):
+        """Prefill, register-blocked: sum_L acc[L] (the integer dot in 8 lanes, then float32) for four rows and
+        two tokens. w16 (4K,) holds the rows unpacked (row r at r K), dsc (4 K/256,) their block scales; the
+        tokens' activations are x16[xo:xo+K], xd[bo:bo+K/256] and the next token's right after. out (8,) f64:
+        out[2 r + t] for row r, token t. Each x16 load serves several rows and each w16 load both tokens
+        (L2 bandwidth, where the tokens are, bound a one-pair loop at about one pmaddwd per cycle): AVX2 takes
+        the rows two at a time (16 vector registers), AVX-512 all four at once (32), 2 x16 loads per 8 vpdpwssd.
+        Per block, lane i of each half (128 weights) sums pmaddwd lane i over 8 chunks of 16 (exact in int32:
+        |w16| <= 4064, |q16| <= 32512); acc[i] += (f32(half 0) + f32(half 1)) * (xd * d), as intdot.w16_acc_loop."""
+        if not (w16 in I16ARR and dsc in F32ARR and x16 in I16ARR and xd in F32ARR and isinstance(xo, types.Integer)
+                and isinstance(bo, types.Integer) and out == types.Array(types.float64, 1, "C")):
+            return None
 
-    def codegen(context, builder, sig, args):
-        arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
-        w_, dsc_, x_, xd_, out_ = (a.data for a in arrs)
-        xo_, bo_ = _i64(builder, args[4]), _i64(builder, args[5])
-        k = builder.udiv(arrs[0].nitems, ir.Constant(I64, 2))
-        nb = builder.udiv(k, ir.Constant(I64, 256))
-        rows, toks = (ir.Constant(I64, 0), k), (xo_, builder.add(xo_, k))
-        op = _Ops(context, builder)
-        pairs = [(wi, xi) for wi in range(2) for xi in range(2)]
+        def codegen(context, builder, sig, args):
+            arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
+            w_, dsc_, x_, xd_, out_ = (a.data for a in arrs)
+            xo_, bo_ = _i64(builder, args[4]), _i64(builder, args[5])
+            k = builder.udiv(arrs[0].nitems, ir.Constant(I64, 4))
+            nb = builder.udiv(k, ir.Constant(I64, 256))
+            toks = (xo_, builder.add(xo_, k))
+            op = _Ops(context, builder)
+            width = 32 if wide else 16   # weights per multiply-add
+            vty, zero16 = ir.VectorType(I16, width), ir.Constant(ir.VectorType(I32, 16), [0] * 16)
+            for group in ((0, 1, 2, 3),) if wide else ((0, 1), (2, 3)):
+                pairs = [(wi, xi) for wi in group for xi in range(2)]
 
-        def step(b, accs):
-            y = builder.mul(b, ir.Constant(I64, 256))
-            halves = [[], [], [], []]
-            for h in range(2):
-                ints = [None] * 4
-                for c in range(8):
-                    e = builder.add(y, ir.Constant(I64, 128 * h + 16 * c))
-                    ws = [_load_at(builder, w_, builder.add(r, e), V16I16) for r in rows]
-                    xs = [_load_at(builder, x_, builder.add(t, e), V16I16) for t in toks]
-                    for p, (wi, xi) in enumerate(pairs):
-                        m = op.madd(ws[wi], xs[xi])
-                        ints[p] = m if ints[p] is None else builder.add(ints[p], m)
-                for p in range(4):
-                    halves[p].append(builder.sitofp(ints[p], V8F))
-            xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, step_)), ir.FloatType()) for step_ in (ir.Constant(I64, 0), nb)]
-            dsb = [_load_at(builder, dsc_, builder.add(b, step_), ir.FloatType()) for step_ in (ir.Constant(I64, 0), nb)]
-            return [builder.fadd(accs[p], builder.fmul(builder.fadd(*halves[p]), _splat(builder, builder.fmul(xdb[xi], dsb[wi]))))
-                    for p, (wi, xi) in enumerate(pairs)]
+                def step(b, accs):
+                    y = builder.mul(b, ir.Constant(I64, 256))
+                    halves = [[] for _ in pairs]
+                    for h in range(2):
+                        ints = [None] * len(pairs)
+                        for c in range(128 // width):
+                            e = builder.add(y, ir.Constant(I64, 128 * h + width * c))
+                            ws = {wi: _load_at(builder, w_, builder.add(builder.mul(k, ir.Constant(I64, wi)), e), vty) for wi in group}
+                            xs = [_load_at(builder, x_, builder.add(t, e), vty) for t in toks]
+                            for p, (wi, xi) in enumerate(pairs):
+                                if wide:
+                                    ints[p] = op.dpwssd(zero16 if ints[p] is None else ints[p], ws[wi], xs[xi])
+                                else:
+                                    m = op.madd(ws[wi], xs[xi])
+                                    ints[p] = m if ints[p] is None else builder.add(ints[p], m)
+                        for p in range(len(pairs)):   # AVX-512: lanes 8..15 hold chunks 2c + 1, folded onto 0..7
+                            halves[p].append(builder.sitofp(_fold16(builder, ints[p]) if wide else ints[p], V8F))
+                    xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, step_)), ir.FloatType()) for step_ in (ir.Constant(I64, 0), nb)]
+                    dsb = {wi: _load_at(builder, dsc_, builder.add(b, builder.mul(nb, ir.Constant(I64, wi))), ir.FloatType()) for wi in group}
+                    return [builder.fadd(accs[p], builder.fmul(builder.fadd(*halves[p]), _splat(builder, builder.fmul(xdb[xi], dsb[wi]))))
+                            for p, (wi, xi) in enumerate(pairs)]
 
-        finals = _loop(builder, nb, [ir.Constant(V8F, [0.0] * 8)] * 4, step)
-        for p, final in enumerate(finals):
-            builder.store(_lane_sum(builder, final), builder.gep(out_, [ir.Constant(I64, p)]))
-        return context.get_dummy_value()
+                finals = _loop(builder, nb, [ir.Constant(V8F, [0.0] * 8)] * len(pairs), step)
+                for (wi, xi), final in zip(pairs, finals):
+                    builder.store(_lane_sum(builder, final), builder.gep(out_, [ir.Constant(I64, 2 * wi + xi)]))
+            return context.get_dummy_value()
 
-    return types.none(w16, dsc, x16, xd, xo, bo, out), codegen
+        return types.none(w16, dsc, x16, xd, xo, bo, out), codegen
+    return w16_4x2
+
+
+w16_4x2 = _w16_4x2(False)
+w16_4x2_512 = _w16_4x2(True)   # the same lanes, 32 weights per vpdpwssd (AVX-512 VNNI)
 
 
 @intrinsic

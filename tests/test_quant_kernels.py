@@ -285,7 +285,7 @@ def test_second_process_compiles_nothing():
         kernels = [_dot_rows, _dequantize_rows, _dot16_rows, _w16_rows, activations.quantize, activations.quantize_rows]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
         kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for k in qk._UNPACK.values() if k]
-        kernels += [qk._W2X2[qk.INT_PATH]]
+        kernels += [qk._W4X2[qk.INT_PATH]]
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
