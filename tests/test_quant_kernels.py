@@ -103,7 +103,6 @@ def test_matmul_in_several_tiles(monkeypatch):
 @pytest.mark.parametrize("ggml_type", list(INT_KERNELS), ids=lambda t: t.name)
 def test_integer_path_vs_float64(ggml_type, monkeypatch):
     import quant.kernels as qk
-    monkeypatch.setattr(qk, "INT_MATMUL_MAX_T", 1 << 30)  # integer prefill at every T (default: small T)
     monkeypatch.setattr(qk, "TILE_BYTES", 1 << 15)  # tiles of 16 tokens at K = 768
     w = random_tensor(ggml_type, (N, K), seed=11)
     wf = dequantize(w).astype(np.float64)
@@ -133,7 +132,6 @@ def test_portable_and_simd_paths_bit_identical(ggml_type, path, monkeypatch):
     rng = np.random.default_rng(14)
     x, xs = rng.standard_normal(K).astype(np.float32), rng.standard_normal((5, K)).astype(np.float32)
     results = []
-    monkeypatch.setattr(qk, "INT_MATMUL_MAX_T", 1 << 30)
     for p in ("portable", path):
         monkeypatch.setattr(qk, "INT_PATH", p)
         results.append([matvec(w, x), matmul(w, xs)])
