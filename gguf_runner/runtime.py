@@ -23,19 +23,6 @@ from .tokenizer import Tokenizer
 from .weights import Weights
 
 
-@functools.cache
-def _blas_controller():
-    from threadpoolctl import ThreadpoolController
-    return ThreadpoolController()
-
-
-def _blas_one_thread():
-    """numpy's BLAS on one thread for the duration of a forward pass (restored after). OpenBLAS's workers
-    spin for a while after each call (attention's matmuls, dequantize + sgemm prefill) and took the two
-    cores from the Numba kernels that came next: Mistral pp64 went from 13.4 to 20.5 tok/s without them."""
-    return _blas_controller().limit(limits=1, user_api="blas")
-
-
 class BusyError(RuntimeError):
     """The model's state is in use by another thread."""
 
@@ -120,7 +107,7 @@ class Model:
         """Feed ids after the current state, in chunks of n_batch. Returns float32 logits (len(ids), V)
         if all_logits, else the last token's (V,)."""
         ids = self._check_ids(ids)
-        with _blas_one_thread():
+        with quant.blas_threads(1):   # see quant.blas_threads
             return self._eval(ids, all_logits)
 
     def _eval(self, ids, all_logits):

@@ -16,7 +16,7 @@ from . import intdot
 from .activations import quantize_activations
 from .formats import FORMATS
 from .jit import (DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
-                  kernel_address, njit_parallel, pointer_call)
+                  blas_threads, kernel_address, njit_parallel, pointer_call)
 from .simd import HAS_AVX2, HAS_AVX512, w16_mins
 from .tensor import QuantizedTensor
 
@@ -146,10 +146,11 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     out = np.empty((x.shape[0], n), np.float32)
     step = max(1, min(n, TILE_FLOATS // max(k, 1)))
     tile = np.empty((step, k), np.float32)
-    for r0 in range(0, n, step):
-        ids = np.arange(r0, min(n, r0 + step), dtype=np.int64)
-        _dequantize_rows(dequantize_row, w.data, ids, tile)
-        out[:, r0:r0 + ids.size] = x @ tile[:ids.size].T
+    with blas_threads():
+        for r0 in range(0, n, step):
+            ids = np.arange(r0, min(n, r0 + step), dtype=np.int64)
+            _dequantize_rows(dequantize_row, w.data, ids, tile)
+            out[:, r0:r0 + ids.size] = x @ tile[:ids.size].T
     return out
 
 

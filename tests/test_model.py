@@ -90,3 +90,23 @@ def test_a_second_thread_is_refused_while_generating(tiny_gguf):
     list(stream)                                   # the first thread finishes undisturbed
     assert stream.completion.finish_reason == "length" and len(stream.completion.tokens) == 8
     m.eval([3])                                    # and the model is free again
+
+
+def test_blas_runs_on_one_thread_during_a_forward_pass_only(tiny_gguf, monkeypatch):
+    """OpenBLAS workers spinning after attention's matmuls would take the cores from the kernels
+    (quant.blas_threads): a forward pass sees one BLAS thread; the caller's setting comes back after."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from gguf_runner.model import Transformer
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    m = gguf_runner.load(tiny_gguf(MISTRAL))
+    seen, forward = [], Transformer.forward
+    monkeypatch.setattr(Transformer, "forward", lambda self, *a, **kw: (seen.append(blas_threads()), forward(self, *a, **kw))[1])
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        m.eval(ids_for(MISTRAL, 5))
+        assert blas_threads() == before
+    assert before and all(n == 2 for n in before) and seen and all(n == [1] * len(before) for n in seen)
