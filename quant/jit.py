@@ -12,10 +12,15 @@ import functools
 import os
 from functools import partial
 
-# GNU OpenMP (Numba's default threading layer on Linux) spins after each parallel region, fighting
-# OpenBLAS's threads in matmul (dequantize a tile, sgemm, repeat): 20 ms became 130-340 ms on 2
-# cores. Sleeping workers cost ~15 us more per launch. Read once, when libgomp loads.
+# GNU OpenMP (Numba's default threading layer on Linux): after a parallel region its workers spin
+# GOMP_SPINCOUNT times, then sleep. Spinning without end (OMP_WAIT_POLICY=active) fought OpenBLAS's
+# threads when matmul alternated a parallel dequantize with a threaded sgemm (20 ms became 130-340 ms
+# on 2 cores); no spinning at all made every kernel call wake its workers, 30-50 us each in a VM. A short
+# spin keeps them for the next kernel of a token: Mistral decode 110 -> 100 ms per token, SmolLM2 43 ->
+# 72 tok/s (Zen 5, 2 threads), and BLAS now runs single-threaded beside them (kernels._blas_matmul).
+# Read once, when libgomp loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -100,13 +105,12 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def blas_threads(n: int | None = None):
-    """A context in which numpy's BLAS uses n threads (default: as many as the kernels), restored after.
-    OpenBLAS's workers spin for a while after each call and take the cores from the Numba kernels that
-    come next, so the runtime keeps BLAS on one thread during a forward pass (attention's small matmuls;
-    Mistral pp64 went from 13.4 to 20.5 tok/s on 2 cores), and matmul's dequantize + sgemm path, where
-    BLAS does the work, takes the kernels' thread count back."""
-    return _blas_controller().limit(limits=n or numba.get_num_threads(), user_api="blas")
+def blas_threads(n: int):
+    """A context in which numpy's BLAS uses n threads, restored after. OpenBLAS's workers spin for a while
+    after each call and take the cores from the Numba kernels that come next, so the runtime keeps BLAS on
+    one thread during a forward pass (attention's small matmuls; Mistral pp64 went from 13.4 to 20.5 tok/s
+    on 2 cores), and kernels.matmul's dequantize + sgemm path runs one single-threaded sgemm per thread."""
+    return _blas_controller().limit(limits=n, user_api="blas")
 
 
 @intrinsic

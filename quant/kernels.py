@@ -5,11 +5,12 @@ take their addresses (jit.kernel_address, called through jit.pointer_call), so e
 once for all types and everything stays in Numba's on-disk cache. Each output row is computed by one thread in a fixed
 order, so results do not depend on the thread count.
 """
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
 import numpy as np
-from numba import prange, types
+from numba import get_num_threads, prange, types
 
 from gguf import GGMLQuantizationType as T
 
@@ -17,7 +18,7 @@ from . import intdot
 from .activations import quantize_activations
 from .formats import FORMATS
 from .jit import (DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
-                  blas_threads, kernel_address, njit_parallel, pointer_call)
+                  blas_threads, kernel_address, njit, njit_parallel, pointer_call)
 from .simd import HAS_AVX2, HAS_AVX512, w16_mins
 from .tensor import QuantizedTensor
 
@@ -37,6 +38,12 @@ def _dot_rows(dot_row, rows, x, out):
 @njit_parallel(types.void(KERNEL, ROWS, IDS, OUT2))
 def _dequantize_rows(dequantize_row, rows, ids, out):
     for i in prange(ids.size):
+        _call_dequant(dequantize_row, (rows[ids[i]], out[i]))
+
+
+@njit(types.void(KERNEL, ROWS, IDS, OUT2))
+def _dequantize_rows_serial(dequantize_row, rows, ids, out):
+    for i in range(ids.size):
         _call_dequant(dequantize_row, (rows[ids[i]], out[i]))
 
 
@@ -151,9 +158,8 @@ def matvec(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
 
 def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray:
     """x (T, K) @ w.T -> float32 (T, N). T == 1 is matvec. Q4_K and Q6_K rows are unpacked to int16 once
-    per tile of tokens and meet them in integer dot products (_int_matmul; unless exact). Other types: rows
-    are dequantized a tile at a time (in parallel) and multiplied by BLAS, so each dequantized weight serves
-    all T tokens. (Integer prefill beat dequantize + BLAS at every T measured on Zen 5, 2 threads: Mistral
+    per tile of tokens and meet them in integer dot products (_int_matmul; unless exact). Other types:
+    _blas_matmul. (Integer prefill beat dequantize + BLAS at every T measured on Zen 5, 2 threads: Mistral
     pp64 16.8 against 7.5 tok/s with AVX2 kernels, 20.5 with AVX-512.)"""
     n, k = _matrix(w, "matmul")
     x = _activations(x, k, 2, "matmul")
@@ -161,15 +167,37 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
         return matvec(w, x[0], exact)[None, :]
     if not exact and _UNPACK.get(w.ggml_type):
         return _int_matmul(w, x)
-    dequantize_row = _kernels(w.ggml_type)[1]
+    return _blas_matmul(w, x)
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="gguf-runner-blas")
+
+
+def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
+    """Rows of w go in tiles of at most N/8 rows and TILE_FLOATS weights; each of the kernels' threads takes
+    every n-th tile, dequantizes it (a serial driver, no GIL) and multiplies it by x with BLAS on one thread,
+    so each dequantized weight serves all T tokens. The tiles do not depend on the thread count, so neither
+    do the results (sgemm's rounding depends on its shapes). Python threads rather than a parallel region
+    followed by a threaded sgemm: those two thread pools took turns, each spinning while the other worked."""
+    n, k = w.shape
     out = np.empty((x.shape[0], n), np.float32)
-    step = max(1, min(n, TILE_FLOATS // max(k, 1)))
-    tile = np.empty((step, k), np.float32)
-    with blas_threads():
-        for r0 in range(0, n, step):
+    dequantize_row = _kernels(w.ggml_type)[1]
+    step = max(1, min(-(-n // 8), TILE_FLOATS // k))
+    starts = range(0, n, step)
+    parts = max(1, min(get_num_threads(), len(starts)))
+
+    def share(first: int) -> None:
+        tile = np.empty((step, k), np.float32)
+        for r0 in starts[first::parts]:
             ids = np.arange(r0, min(n, r0 + step), dtype=np.int64)
-            _dequantize_rows(dequantize_row, w.data, ids, tile)
+            _dequantize_rows_serial(dequantize_row, w.data, ids, tile)
             out[:, r0:r0 + ids.size] = x @ tile[:ids.size].T
+
+    with blas_threads(1):
+        for f in [_pool(parts).submit(share, j) for j in range(parts)]:
+            f.result()
     return out
 
 

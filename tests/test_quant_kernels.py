@@ -275,12 +275,13 @@ def test_second_process_compiles_nothing():
         from quant.formats import FORMATS
         import quant.kernels as qk
         from quant import activations
-        from quant.kernels import _dequantize_rows, _dot_rows, _dot16_rows, _w16_rows
+        from quant.kernels import _dequantize_rows, _dequantize_rows_serial, _dot_rows, _dot16_rows, _w16_rows
         for t, fmt in FORMATS.items():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
             matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((2, 768), np.float32))
             matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((2, 768), np.float32), exact=True)
-        kernels = [_dot_rows, _dequantize_rows, _dot16_rows, _w16_rows, activations.quantize, activations.quantize_rows]
+        kernels = [_dot_rows, _dequantize_rows, _dequantize_rows_serial, _dot16_rows, _w16_rows, activations.quantize,
+                   activations.quantize_rows]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
         kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for k in qk._UNPACK.values() if k]
         kernels += [qk._W4X2[qk.INT_PATH]]
@@ -292,7 +293,7 @@ def test_second_process_compiles_nothing():
     misses, hits = map(int, out.stdout.split())
     from quant.kernels import INT_PATH
     kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(1 for k in _UNPACK.values() if k)   # decode + prefill unpackers
-    assert misses == 0 and hits == 6 + 2 * len(FORMATS) + kernels + 1, out.stdout
+    assert misses == 0 and hits == 7 + 2 * len(FORMATS) + kernels + 1, out.stdout
 
 
 def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
