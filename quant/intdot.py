@@ -7,7 +7,7 @@ d * scale[j] * (u[e] - 32) (Q6_K, u = q + 32 in 0..63), the activations x[e] ~ x
 (Q5_K is Q4_K with 5-bit quants; Q8_0 has blocks of 32, one scale each, no mins, and meets q16 directly.)
 Decode (jit.DOT16_SIG): dot_<type>_avx2 is one intrinsic per row (simd.q4_k_row, q5_k_row, q6_k_row,
 q8_0_row) that keeps exact integer sums in 8 lanes per block and accumulates them in float32 vectors,
-with one horizontal sum per row (dot_q4_k_avx512, dot_q5_k_avx512: the same lanes with AVX-512 VNNI);
+with one horizontal sum per row (dot_q4_k_avx512, dot_q5_k_avx512, dot_q6_k_avx512: the same lanes with AVX-512 VNNI);
 dot_<type> is the portable path for CPUs without AVX2, the same lanes and the same
 float32 operations in the same order, so both give the same bits.
 Prefill (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type> turns a row into int16 weights times their
@@ -21,8 +21,8 @@ import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import (prefetch_block, q4_k_row, q4_k_row512, q4_k_unpack16, q5_k_row, q5_k_row512, q6_k_row, q6_k_unpack16,
-                   q8_0_row, w16_4x2, w16_4x2_512)
+from .simd import (prefetch_block, q4_k_row, q4_k_row512, q4_k_unpack16, q5_k_row, q5_k_row512, q6_k_row, q6_k_row512,
+                   q6_k_unpack16, q8_0_row, w16_4x2, w16_4x2_512)
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -161,6 +161,11 @@ def dot_q6_k(row, xd, x16, xp, xh, xl, bsums):
 @njit
 def dot_q6_k_avx2(row, xd, x16, xp, xh, xl, bsums):
     return q6_k_row(row, xd, xh, xl, bsums)
+
+
+@njit
+def dot_q6_k_avx512(row, xd, x16, xp, xh, xl, bsums):
+    return q6_k_row512(row, xd, xh, xl, bsums)
 
 
 # --- prefill: each row unpacked once to int16, then one dot product per token ---

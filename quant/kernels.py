@@ -79,12 +79,12 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, mins, out):
 
 
 # Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
-# from the CPU's features; tests switch it to check that all paths agree. Q6_K and Q8_0 have no AVX-512
-# kernel: AVX-512 CPUs run their AVX2 one.
+# from the CPU's features; tests switch it to check that all paths agree. Q8_0 has no AVX-512 kernel:
+# AVX-512 CPUs run its AVX2 one.
 INT_PATH = "avx512" if HAS_AVX512 else "avx2" if HAS_AVX2 else "portable"
 _DECODE = {T.Q4_K: {"portable": intdot.dot_q4_k, "avx2": intdot.dot_q4_k_avx2, "avx512": intdot.dot_q4_k_avx512},
            T.Q5_K: {"portable": intdot.dot_q5_k, "avx2": intdot.dot_q5_k_avx2, "avx512": intdot.dot_q5_k_avx512},
-           T.Q6_K: {"portable": intdot.dot_q6_k, "avx2": intdot.dot_q6_k_avx2, "avx512": intdot.dot_q6_k_avx2},
+           T.Q6_K: {"portable": intdot.dot_q6_k, "avx2": intdot.dot_q6_k_avx2, "avx512": intdot.dot_q6_k_avx512},
            T.Q8_0: {"portable": intdot.dot_q8_0, "avx2": intdot.dot_q8_0_avx2, "avx512": intdot.dot_q8_0_avx2}}
 # Prefill's unpack (None: that type's prefill dequantizes for BLAS) and two-by-two kernel per path
 _UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q6_K: intdot.unpack_q6_k, T.Q5_K: None, T.Q8_0: None}

@@ -42,6 +42,10 @@ class _Ops:
     def madd(self, a, b):  # (16 x i16, 16 x i16) -> 8 x i32: a[2i]*b[2i] + a[2i+1]*b[2i+1]
         return self.b.call(_fn(self.b, "llvm.x86.avx2.pmadd.wd", V8I32, [V16I16, V16I16]), [a, b])
 
+    def dpbusd(self, acc, u8, s8):  # AVX-512 VNNI: (16 x i32, 64 x u8, 64 x s8) -> acc[i] + sum_k<4 u8[4i+k]*s8[4i+k]
+        v16i32, v64i8 = ir.VectorType(I32, 16), ir.VectorType(I8, 64)
+        return self.b.call(_fn(self.b, "llvm.x86.avx512.vpdpbusd.512", v16i32, [v16i32, v64i8, v64i8]), [acc, u8, s8])
+
     def dpwssd(self, acc, a, b):  # AVX-512 VNNI: (16 x i32, 32 x i16, 32 x i16) -> acc[i] + a[2i]*b[2i] + a[2i+1]*b[2i+1]
         v16i32, v32i16 = ir.VectorType(I32, 16), ir.VectorType(I16, 32)
         return self.b.call(_fn(self.b, "llvm.x86.avx512.vpdpwssd.512", v16i32, [v16i32, v32i16, v32i16]), [acc, a, b])
@@ -352,47 +356,74 @@ def q8_0_row(typingctx, row, xd, x16):
     return types.float64(row, xd, x16), codegen
 
 
-@intrinsic
-def q6_k_row(typingctx, row, xd, xh, xl, bsums):
-    """sum_e w[e] * x[e] over a Q6_K row. The unsigned quants u = q + 32 meet the hi and lo planes;
-    a lane is float32(hi lane) * 256 + float32(lo lane) (it can exceed int32), and the offset
-    32 * scale[j] * bsums[j] goes to accm as lanes j + j+8, times xd * d * 32."""
-    if not _row_args_ok(row, xd, xh, xl, bsums):
-        return None
+def _q6_k_row(wide):
+    @intrinsic
+    def q6_k_row(typingctx, row, xd, xh, xl, bsums):
+        """sum_e w[e] * x[e] over a Q6_K row. The unsigned quants u = q + 32 meet the hi and lo planes;
+        a lane is float32(hi lane) * 256 + float32(lo lane) (it can exceed int32), and the offset
+        32 * scale[j] * bsums[j] goes to accm as lanes j + j+8, times xd * d * 32.
+        AVX2: pmaddubsw then pmaddwd by the scales. AVX-512 VNNI (wide): two columns' quants as one 64-byte
+        vector, vpdpbusd (the same sums of 4 products per int32 lane) then vpmulld by the scales; its upper 8
+        lanes (the second column) fold onto the lower 8 at the end: the same integers."""
+        if not _row_args_ok(row, xd, xh, xl, bsums):
+            return None
 
-    def body(op, ptrs, b):
-        builder = op.b
-        row_, xd_, xh_, xl_, bs_ = ptrs
-        o = builder.mul(b, ir.Constant(I64, 210))
-        at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
-        d = _half_pair(builder, row_, at(206))[1]   # bytes 206-207 are the last scale
-        scales8 = _load_at(builder, row_, at(192), V16I8)
-        scales = builder.sext(scales8, V16I16)
-        y = builder.mul(b, ir.Constant(I64, 256))
-        acc_h = acc_l = None
-        for h in range(2):
-            for col, q in enumerate(_q6_k_quants(builder, row_, at, h)):
-                j = 8 * h + 2 * col  # scale of elements l < 16; j + 1 for l >= 16
-                scale = builder.shuffle_vector(scales, ir.Constant(V16I16, None),
-                                               ir.Constant(ir.VectorType(I32, 16), [j] * 8 + [j + 1] * 8))
-                off = builder.add(y, ir.Constant(I64, 128 * h + 32 * col))
-                ph = op.madd(op.maddubs(q, _load_at(builder, xh_, off, V32I8)), scale)
-                pl = op.madd(op.maddubs(q, _load_at(builder, xl_, off, V32I8)), scale)
-                acc_h = ph if acc_h is None else builder.add(acc_h, ph)
-                acc_l = pl if acc_l is None else builder.add(acc_l, pl)
-        lane = builder.fadd(builder.fmul(builder.sitofp(acc_h, V8F), ir.Constant(V8F, [256.0] * 8)), builder.sitofp(acc_l, V8F))
-        v16 = ir.VectorType(I32, 16)
-        offs = builder.mul(builder.sext(scales8, v16), _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), v16))
-        undef = ir.Constant(v16, None)
-        m = builder.add(builder.shuffle_vector(offs, undef, ir.Constant(V8I32, list(range(8)))),
-                        builder.shuffle_vector(offs, undef, ir.Constant(V8I32, list(range(8, 16)))))
-        dd = builder.fmul(_load_at(builder, xd_, b, ir.FloatType()), d)
-        return [(lane, dd)], [(builder.sitofp(m, V8F), builder.fmul(dd, ir.Constant(ir.FloatType(), 32.0)))]
+        def body(op, ptrs, b):
+            builder = op.b
+            row_, xd_, xh_, xl_, bs_ = ptrs
+            o = builder.mul(b, ir.Constant(I64, 210))
+            at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
+            d = _half_pair(builder, row_, at(206))[1]   # bytes 206-207 are the last scale
+            scales8 = _load_at(builder, row_, at(192), V16I8)
+            y = builder.mul(b, ir.Constant(I64, 256))
+            acc_h = acc_l = None
+            if wide:
+                v16i32, v64i8 = ir.VectorType(I32, 16), ir.VectorType(I8, 64)
+                scales = builder.sext(scales8, v16i32)
+                for h in range(2):
+                    q = _q6_k_quants(builder, row_, at, h)
+                    for col in (0, 2):   # columns col, col + 1: elements 128 h + 32 col .. + 64
+                        q64 = builder.shuffle_vector(q[col], q[col + 1], ir.Constant(ir.VectorType(I32, 64), list(range(64))))
+                        j = 8 * h + 2 * col   # lanes 4i..4i+3 take scale j + i
+                        scale = builder.shuffle_vector(scales, ir.Constant(v16i32, None),
+                                                       ir.Constant(v16i32, [j + i // 4 for i in range(16)]))
+                        off = builder.add(y, ir.Constant(I64, 128 * h + 32 * col))
+                        zero = ir.Constant(v16i32, [0] * 16)
+                        ph = builder.mul(op.dpbusd(zero, q64, _load_at(builder, xh_, off, v64i8)), scale)
+                        pl = builder.mul(op.dpbusd(zero, q64, _load_at(builder, xl_, off, v64i8)), scale)
+                        acc_h = ph if acc_h is None else builder.add(acc_h, ph)
+                        acc_l = pl if acc_l is None else builder.add(acc_l, pl)
+                acc_h, acc_l = _fold16(builder, acc_h), _fold16(builder, acc_l)
+            else:
+                scales = builder.sext(scales8, V16I16)
+                for h in range(2):
+                    for col, q in enumerate(_q6_k_quants(builder, row_, at, h)):
+                        j = 8 * h + 2 * col  # scale of elements l < 16; j + 1 for l >= 16
+                        scale = builder.shuffle_vector(scales, ir.Constant(V16I16, None),
+                                                       ir.Constant(ir.VectorType(I32, 16), [j] * 8 + [j + 1] * 8))
+                        off = builder.add(y, ir.Constant(I64, 128 * h + 32 * col))
+                        ph = op.madd(op.maddubs(q, _load_at(builder, xh_, off, V32I8)), scale)
+                        pl = op.madd(op.maddubs(q, _load_at(builder, xl_, off, V32I8)), scale)
+                        acc_h = ph if acc_h is None else builder.add(acc_h, ph)
+                        acc_l = pl if acc_l is None else builder.add(acc_l, pl)
+            lane = builder.fadd(builder.fmul(builder.sitofp(acc_h, V8F), ir.Constant(V8F, [256.0] * 8)), builder.sitofp(acc_l, V8F))
+            v16 = ir.VectorType(I32, 16)
+            offs = builder.mul(builder.sext(scales8, v16), _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), v16))
+            undef = ir.Constant(v16, None)
+            m = builder.add(builder.shuffle_vector(offs, undef, ir.Constant(V8I32, list(range(8)))),
+                            builder.shuffle_vector(offs, undef, ir.Constant(V8I32, list(range(8, 16)))))
+            dd = builder.fmul(_load_at(builder, xd_, b, ir.FloatType()), d)
+            return [(lane, dd)], [(builder.sitofp(m, V8F), builder.fmul(dd, ir.Constant(ir.FloatType(), 32.0)))]
 
-    def codegen(context, builder, sig, args):
-        return _row_loop(context, builder, sig, args, 210, body)
+        def codegen(context, builder, sig, args):
+            return _row_loop(context, builder, sig, args, 210, body)
 
-    return types.float64(row, xd, xh, xl, bsums), codegen
+        return types.float64(row, xd, xh, xl, bsums), codegen
+    return q6_k_row
+
+
+q6_k_row = _q6_k_row(False)
+q6_k_row512 = _q6_k_row(True)   # the same lanes, AVX-512 VNNI
 
 
 
