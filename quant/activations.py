@@ -2,9 +2,10 @@
 
 Per block of 256 activations (a K-quant super-block): d = max|x| / 32512 (float32), and
 q16[e] = rint(x[e] / d) in [-32512, 32512], stored four ways: q16 itself (portable loops, Q8_0); qp,
-q16 with each 32 reordered as its 16 even-indexed then its 16 odd-indexed elements (the Q4_K / Q5_K
-AVX2 kernels take two weights from each 16-bit word of quants, the low byte's and the high byte's,
-with shifts and masks only); two int8 planes hi = (q16 + 128) >> 8, lo = q16 - 256 * hi (hi in
+the even-indexed and the odd-indexed elements of each 32 (sub-block s) as chunks of 16, in the order
+qp_chunk gives (the Q4_K / Q5_K kernels take two weights from each 16-bit word of quants, the low
+byte's and the high byte's, with shifts and masks only; AVX-512 reads sub-blocks s and s + 2 at once,
+so their chunks sit side by side); two int8 planes hi = (q16 + 128) >> 8, lo = q16 - 256 * hi (hi in
 [-127, 127], lo in [-128, 127]) for x86 pmaddubsw (Q6_K); bsums[16 * b + j] = sum of q16 over elements 16j..16j+15 of block b (the Q4_K
 mins and the Q6_K offset of 32 use them).
 Why 16 bits and not llama.cpp's 8 (Q8_K): int8 activations cost ~0.7% relative error per dot
@@ -19,6 +20,17 @@ BLOCK = 256
 QMAX = 32512  # 127 * 256: hi stays within int8
 
 
+def qp_chunk(s: int, parity: int) -> int:
+    """Where in a block of qp the 16 elements 32 s + parity, + 2, ..., + 30 start: sub-blocks 4P + h
+    and 4P + h + 2 (P, h in 0, 1) are neighbours, parity by parity."""
+    return 16 * (8 * (s // 4) + 4 * (s % 2) + 2 * parity + (s % 4) // 2)
+
+
+_QP_FROM = np.array([32 * s + p + 2 * j for s in range(8) for p in range(2) for j in range(16)])
+QP_ORDER = np.empty(BLOCK, np.int64)   # qp[y + i] = q16[y + QP_ORDER[i]]
+QP_ORDER[np.array([qp_chunk(s, p) + j for s in range(8) for p in range(2) for j in range(16)])] = _QP_FROM
+
+
 def quantize_reference(x: np.ndarray):
     """x (K,) float32, K % 256 == 0 -> d (K/256,) f32, q16 int16, qp int16, hi int8, lo int8, bsums int32 (K/16,)."""
     xb = x.astype(np.float32).reshape(-1, BLOCK)
@@ -29,8 +41,10 @@ def quantize_reference(x: np.ndarray):
     hi = (q + 128) >> 8
     lo = q - 256 * hi
     bsums = q.reshape(-1, 16).sum(axis=1).astype(np.int32)
-    q32 = q.reshape(-1, 32)
-    qp = np.concatenate([q32[:, 0::2], q32[:, 1::2]], axis=1)
+    qp = np.empty_like(q)
+    for s in range(8):
+        for p in range(2):
+            qp[:, qp_chunk(s, p):qp_chunk(s, p) + 16] = q[:, 32 * s + p:32 * s + 32:2]
     return (d, q.reshape(-1).astype(np.int16), qp.reshape(-1).astype(np.int16), hi.reshape(-1).astype(np.int8),
             lo.reshape(-1).astype(np.int8), bsums)
 
@@ -58,9 +72,8 @@ def quantize(x, d, q16, qp, hi, lo, bsums):
             for i in range(16 * j, 16 * j + 16):
                 s += np.int32(q16[i])
             bsums[j] = s
-        for c in range(y, y + BLOCK, 32):   # each 32's even-indexed elements, then its odd ones
-            for j in range(16):
-                qp[c + j], qp[c + 16 + j] = q16[c + 2 * j], q16[c + 2 * j + 1]
+        for i in range(BLOCK):
+            qp[y + i] = q16[y + QP_ORDER[i]]
 
 
 @njit

@@ -13,6 +13,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .activations import qp_chunk
+
 _FEATURES = llvm.get_host_cpu_features()
 HAS_AVX2 = bool(_FEATURES.get("avx2", False))
 # The *_row512 kernels: 512-bit integer ops (avx512bw) and vpdpwssd (avx512vnni)
@@ -228,7 +230,7 @@ def _k_quants_256(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
                     bit = s + 8 * parity
                     moved = builder.lshr(qh, splat16(bit - 4)) if bit > 4 else builder.shl(qh, splat16(4 - bit))
                     q = builder.or_(q, builder.and_(moved, splat16(16)))
-                p = op.madd(q, _load_at(builder, xp_, builder.add(y, ir.Constant(I64, 32 * s + 16 * parity)), V16I16))
+                p = op.madd(q, _load_at(builder, xp_, builder.add(y, ir.Constant(I64, qp_chunk(s, parity))), V16I16))
                 ints = p if ints is None else builder.add(ints, p)
             scale = builder.bitcast(op.pshufb(scales, ir.Constant(V32I8, [s, -128, -128, -128] * 8)), V8I32)
             p = builder.mul(ints, scale)
@@ -249,7 +251,7 @@ def _k_quants_512(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
     if qh_at is not None:   # the 16 qh words in both halves
         qh = _load_at(builder, row_, at(qh_at), V16I16)
         qh = builder.shuffle_vector(qh, qh, ir.Constant(ir.VectorType(I32, 32), list(range(16)) * 2))
-    acc = ir.Constant(ir.VectorType(I32, 16), [0] * 16)
+    accs = [ir.Constant(ir.VectorType(I32, 16), [0] * 16)] * 4   # four chains: vpdpwssd's latency, not its throughput, bound one
     for pg in range(2):
         v = _load_at(builder, row_, at(qs_at + 64 * pg), v32)
         for half in range(2):
@@ -262,10 +264,10 @@ def _k_quants_512(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
                 if qh is not None:   # q |= bit s + 8 parity of the qh word, moved to bit 4
                     bits = builder.lshr(qh, ir.Constant(v32, [s[0] + 8 * parity] * 16 + [s[1] + 8 * parity] * 16))
                     q = builder.or_(q, builder.and_(builder.shl(bits, splat(4)), splat(16)))
-                xs = [_load_at(builder, xp_, builder.add(y, ir.Constant(I64, 32 * sb + 16 * parity)), V16I16) for sb in s]
-                x = builder.shuffle_vector(xs[0], xs[1], ir.Constant(ir.VectorType(I32, 32), list(range(32))))
-                acc = op.dpwssd(acc, builder.mul(q, scale), x)
-    return _fold16(builder, acc)
+                assert qp_chunk(s[1], parity) == qp_chunk(s[0], parity) + 16   # one 64-byte load
+                x = _load_at(builder, xp_, builder.add(y, ir.Constant(I64, qp_chunk(s[0], parity))), v32)
+                accs[2 * pg + half] = op.dpwssd(accs[2 * pg + half], builder.mul(q, scale), x)
+    return _fold16(builder, builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3])))
 
 
 def _q4_5_k_row(block_bytes, qh_at, qs_at, wide=False):

@@ -140,7 +140,7 @@ def test_portable_and_simd_paths_bit_identical(ggml_type, path, monkeypatch):
 
 
 def test_activation_quantization_matches_reference():
-    from quant.activations import QMAX, quantize_activations, quantize_reference
+    from quant.activations import QMAX, qp_chunk, quantize_activations, quantize_reference
     rng = np.random.default_rng(15)
     x = rng.standard_normal(3 * 256).astype(np.float32) * np.repeat([1e-3, 1.0, 0.0], 256).astype(np.float32)
     x[300] = 1e4   # one outlier in the middle block
@@ -149,7 +149,10 @@ def test_activation_quantization_matches_reference():
         assert a.dtype == b.dtype and np.array_equal(a, b)
     d, q16, qp, hi, lo, bsums = ours
     assert np.abs(q16).max() == QMAX and d[2] == 0 and not q16[512:].any()
-    np.testing.assert_array_equal(qp[:32], np.concatenate([q16[0:32:2], q16[1:32:2]]))
+    for s in range(8):   # block 1: sub-block s's even (p = 0) and odd elements as chunks of 16 where qp_chunk says
+        for p in range(2):
+            np.testing.assert_array_equal(qp[256 + qp_chunk(s, p):256 + qp_chunk(s, p) + 16], q16[256 + 32 * s + p:256 + 32 * s + 32:2])
+    assert sorted(qp_chunk(s, p) for s in range(8) for p in range(2)) == list(range(0, 256, 16))
     np.testing.assert_array_equal(256 * hi.astype(np.int32) + lo, q16)
     stacked = quantize_activations(np.stack([x, -x]))
     np.testing.assert_array_equal(stacked[1][0], q16)
