@@ -12,7 +12,8 @@ dot_<type> is the portable path for CPUs without AVX2, the same lanes and the sa
 float32 operations in the same order, so both give the same bits.
 Prefill (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type> turns a row into int16 weights times their
 sub-block scales once, then w16_4x2[_avx2|_avx512] (simd.w16_4x2[_512]) takes the dot products of four such rows
-with two tokens' q16 at a time (pmaddwd), the same lanes-then-float32 scheme; simd.w16_mins adds Q4_K's mins.
+with two tokens' q16 at a time (pmaddwd), the same lanes-then-float32 scheme, Q4_K's mins in the same pass
+(the _nomins kernels leave them out, for Q6_K).
 Its rounding differs from decode's by ~1e-7.
 Rows streamed from memory are prefetched ahead (simd.PREFETCH_AHEAD) in the AVX2 and unpack paths; the
 portable decode loops are compute-bound and do without.
@@ -22,7 +23,7 @@ import numpy as np
 from .jit import half_to_f32, njit
 from .q6_k import quant
 from .simd import (prefetch_block, q4_k_row, q4_k_row512, q4_k_unpack16, q5_k_row, q5_k_row512, q6_k_row, q6_k_row512,
-                   q6_k_unpack16, q8_0_row, w16_4x2, w16_4x2_512)
+                   q6_k_unpack16, q8_0_row, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512)
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -196,10 +197,10 @@ def unpack_q6_k(row, w16, dsc, msc):
 
 
 @njit(inline="always")
-def w16_acc_loop(w16, dsc, x16, xd, xo, bo):
-    """Portable simd.w16_4x2 for one (row, token): sum_L acc[L], the same int32 lanes and float32
-    operations in the same order."""
-    acc = np.zeros(8, np.float32)
+def w16_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
+    """Portable simd.w16_4x2 for one (row, token): sum_L acc[L] - sum_L accm[L], the same int32 lanes and
+    float32 operations in the same order."""
+    acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
     lanes = np.empty(16, np.int32)
     for b in range(w16.size // BLOCK):
         lanes[:] = 0
@@ -208,23 +209,47 @@ def w16_acc_loop(w16, dsc, x16, xd, xo, bo):
         s = xd[bo + b] * dsc[b]
         for i in range(8):
             acc[i] += (np.float32(lanes[i]) + np.float32(lanes[8 + i])) * s
-    return row_total(acc, np.zeros(8, np.float32))
+        if mins:
+            for i in range(8):
+                accm[i] += msc[8 * b + i] * px[8 * (bo + b) + i]
+    return row_total(acc, accm)
 
 
-@njit
-def w16_4x2_loop(w16, dsc, x16, xd, xo, bo, out):
+@njit(inline="always")
+def w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, out, mins):
     """Portable simd.w16_4x2: rows r = w16[r K:(r + 1) K], tokens at xo and xo + K."""
     k, nb = w16.size // 4, w16.size // 4 // BLOCK
     for p in range(8):
         r, t = p // 2, p % 2
-        out[p] = w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], x16, xd, xo + t * k, bo + t * nb)
+        out[p] = w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[8 * r * nb:8 * (r + 1) * nb],
+                              x16, xd, px, xo + t * k, bo + t * nb, mins)
 
 
 @njit
-def w16_4x2_avx2(w16, dsc, x16, xd, xo, bo, out):
-    w16_4x2(w16, dsc, x16, xd, xo, bo, out)
+def w16_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, out):
+    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, out, True)
 
 
 @njit
-def w16_4x2_avx512(w16, dsc, x16, xd, xo, bo, out):
-    w16_4x2_512(w16, dsc, x16, xd, xo, bo, out)
+def w16_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, out):   # Q6_K: no mins
+    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, out, False)
+
+
+@njit
+def w16_4x2_avx2(w16, dsc, msc, x16, xd, px, xo, bo, out):
+    w16_4x2(w16, dsc, msc, x16, xd, px, xo, bo, out)
+
+
+@njit
+def w16_4x2_nomins_avx2(w16, dsc, msc, x16, xd, px, xo, bo, out):
+    w16_4x2_nomins(w16, dsc, msc, x16, xd, px, xo, bo, out)
+
+
+@njit
+def w16_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, out):
+    w16_4x2_512(w16, dsc, msc, x16, xd, px, xo, bo, out)
+
+
+@njit
+def w16_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, out):
+    w16_4x2_nomins_512(w16, dsc, msc, x16, xd, px, xo, bo, out)

@@ -19,7 +19,7 @@ from .activations import quantize_activations
 from .formats import FORMATS
 from .jit import (DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
                   blas_threads, kernel_address, njit, njit_parallel, pointer_call)
-from .simd import HAS_AVX2, HAS_AVX512, w16_mins
+from .simd import HAS_AVX2, HAS_AVX512
 from .tensor import QuantizedTensor
 
 TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 4 MB
@@ -55,11 +55,11 @@ def _dot16_rows(dot, rows, xd, q16, qp, hi, lo, bsums, out):
 
 @njit_parallel(types.void(KERNEL, KERNEL, ROWS,
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
-                         types.boolean, OUT2))
-def _w16_rows(unpack, dot4x2, rows, x16, xd, px, mins, out):
+                         OUT2))
+def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out):
     """x16 (T, K) with T even, xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd) -> out (N, T).
     Rows go in fours (the last row repeated to fill the last four), each unpacked once, then meet the tokens
-    two at a time; mins: subtract the Q4_K mins."""
+    two at a time."""
     n_t, k = x16.shape
     nb, n = k // 256, rows.shape[0]
     xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
@@ -71,11 +71,9 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, mins, out):
             _call_unpack16(unpack, (rows[r0 + min(i, count - 1)], w16[i * k:(i + 1) * k], dsc[i * nb:(i + 1) * nb],
                                     msc[8 * i * nb:8 * (i + 1) * nb]))
         for t in range(0, n_t, 2):
-            _call_4x2(dot4x2, (w16, dsc, xf, df, t * k, t * nb, res))
+            _call_4x2(dot4x2, (w16, dsc, msc, xf, df, pf, t * k, t * nb, res))
             for p in range(2 * count):
-                i, j = p // 2, t + p % 2
-                m = w16_mins(msc[8 * i * nb:8 * (i + 1) * nb], pf, 8 * j * nb) if mins else 0.0
-                out[r0 + i, j] = res[p] - m
+                out[r0 + p // 2, t + p % 2] = res[p]
 
 
 # Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
@@ -88,7 +86,9 @@ _DECODE = {T.Q4_K: {"portable": intdot.dot_q4_k, "avx2": intdot.dot_q4_k_avx2, "
            T.Q8_0: {"portable": intdot.dot_q8_0, "avx2": intdot.dot_q8_0_avx2, "avx512": intdot.dot_q8_0_avx2}}
 # Prefill's unpack (None: that type's prefill dequantizes for BLAS) and two-by-two kernel per path
 _UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q6_K: intdot.unpack_q6_k, T.Q5_K: None, T.Q8_0: None}
-_W4X2 = {"portable": intdot.w16_4x2_loop, "avx2": intdot.w16_4x2_avx2, "avx512": intdot.w16_4x2_avx512}
+_W4X2 = {"portable": intdot.w16_4x2_portable, "avx2": intdot.w16_4x2_avx2, "avx512": intdot.w16_4x2_avx512}
+_W4X2_NOMINS = {"portable": intdot.w16_4x2_nomins_portable, "avx2": intdot.w16_4x2_nomins_avx2,   # Q6_K
+                "avx512": intdot.w16_4x2_nomins_avx512}
 
 
 def _l2_bytes(default: int = 512 << 10) -> int:
@@ -117,7 +117,8 @@ def _int_kernel(ggml_type: int, path: str):
 
 @cache
 def _prefill_kernels(ggml_type: int, path: str):
-    return kernel_address(_UNPACK[ggml_type], UNPACK16_SIG), kernel_address(_W4X2[path], W4X2_SIG)
+    dot4x2 = (_W4X2_NOMINS if ggml_type == T.Q6_K else _W4X2)[path]
+    return kernel_address(_UNPACK[ggml_type], UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG)
 
 
 @cache
@@ -210,14 +211,13 @@ def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     xd, q16, _, _, _, bsums = quantize_activations(x)
     px = (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(xd, 8, axis=1)  # (T, K/32): sums of x over each 32
     unpack, dot4x2 = _prefill_kernels(w.ggml_type, INT_PATH)
-    mins = w.ggml_type != T.Q6_K   # Q6_K has no mins (msc all zero)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     tile = max(8, TILE_BYTES // (2 * x.shape[1]) // 8 * 8)
     part = np.empty((w.shape[0], min(tile, x.shape[0])), np.float32)  # (N, tile)
     for t0 in range(0, x.shape[0], tile):
         t1 = min(x.shape[0], t0 + tile)
         p = part[:, :t1 - t0] if t1 - t0 == part.shape[1] else np.empty((w.shape[0], t1 - t0), np.float32)
-        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], mins, p)
+        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], p)
         out[t0:t1] = p.T
     return out[:n_t]
 

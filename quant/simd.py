@@ -490,9 +490,9 @@ def q6_k_unpack16(typingctx, row, o, w16, y):
     return types.none(row, o, w16, y), codegen
 
 
-def _w16_4x2(wide):
+def _w16_4x2(wide, mins):
     @intrinsic
-    def w16_4x2(typingctx, w16, dsc, x16, xd, xo, bo, out):
+    def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, out):
         """Prefill, register-blocked: sum_L acc[L] (the integer dot in 8 lanes, then float32) for four rows and
         two tokens. w16 (4K,) holds the rows unpacked (row r at r K), dsc (4 K/256,) their block scales; the
         tokens' activations are x16[xo:xo+K], xd[bo:bo+K/256] and the next token's right after. out (8,) f64:
@@ -500,15 +500,17 @@ def _w16_4x2(wide):
         (L2 bandwidth, where the tokens are, bound a one-pair loop at about one pmaddwd per cycle): AVX2 takes
         the rows two at a time (16 vector registers), AVX-512 all four at once (32), 2 x16 loads per 8 vpdpwssd.
         Per block, lane i of each half (128 weights) sums pmaddwd lane i over 8 chunks of 16 (exact in int32:
-        |w16| <= 4064, |q16| <= 32512); acc[i] += (f32(half 0) + f32(half 1)) * (xd * d), as intdot.w16_acc_loop."""
-        if not (w16 in I16ARR and dsc in F32ARR and x16 in I16ARR and xd in F32ARR and isinstance(xo, types.Integer)
-                and isinstance(bo, types.Integer) and out == types.Array(types.float64, 1, "C")):
+        |w16| <= 4064, |q16| <= 32512); acc[i] += (f32(half 0) + f32(half 1)) * (xd * d), as intdot.w16_acc_loop.
+        mins (Q4_K): accm += msc[8 b:8 b + 8] * px[8 b:8 b + 8] per block, row r's msc at 8 r K/256, token t's
+        px at 8 (bo + t K/256); out = sum_L acc[L] - sum_L accm[L]."""
+        if not (w16 in I16ARR and dsc in F32ARR and msc in F32ARR and x16 in I16ARR and xd in F32ARR and px in F32ARR
+                and isinstance(xo, types.Integer) and isinstance(bo, types.Integer) and out == types.Array(types.float64, 1, "C")):
             return None
 
         def codegen(context, builder, sig, args):
             arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
-            w_, dsc_, x_, xd_, out_ = (a.data for a in arrs)
-            xo_, bo_ = _i64(builder, args[4]), _i64(builder, args[5])
+            w_, dsc_, msc_, x_, xd_, px_, out_ = (a.data for a in arrs)
+            xo_, bo_ = _i64(builder, args[6]), _i64(builder, args[7])
             k = builder.udiv(arrs[0].nitems, ir.Constant(I64, 4))
             nb = builder.udiv(k, ir.Constant(I64, 256))
             toks = (xo_, builder.add(xo_, k))
@@ -540,49 +542,26 @@ def _w16_4x2(wide):
                     return [builder.fadd(accs[p], builder.fmul(builder.fadd(*halves[p]), _splat(builder, builder.fmul(xdb[xi], dsb[wi]))))
                             for p, (wi, xi) in enumerate(pairs)]
 
-                finals = _loop(builder, nb, [ir.Constant(V8F, [0.0] * 8)] * len(pairs), step)
-                for (wi, xi), final in zip(pairs, finals):
-                    builder.store(_lane_sum(builder, final), builder.gep(out_, [ir.Constant(I64, 2 * wi + xi)]))
+                def step_mins(b, accms):   # a loop of its own: in the one above, 8 more accumulators spilled
+                    eight = lambda v: builder.mul(v, ir.Constant(I64, 8))  # noqa: E731
+                    ms = {wi: _load_at(builder, msc_, eight(builder.add(b, builder.mul(nb, ir.Constant(I64, wi)))), V8F) for wi in group}
+                    ps = [_load_at(builder, px_, eight(builder.add(builder.add(bo_, b), step_)), V8F) for step_ in (ir.Constant(I64, 0), nb)]
+                    return [builder.fadd(accms[p], builder.fmul(ms[wi], ps[xi])) for p, (wi, xi) in enumerate(pairs)]
+
+                zero = ir.Constant(V8F, [0.0] * 8)
+                finals = _loop(builder, nb, [zero] * len(pairs), step)
+                finals_m = _loop(builder, nb, [zero] * len(pairs), step_mins) if mins else None
+                for p, (wi, xi) in enumerate(pairs):
+                    total = _lane_sum(builder, finals[p])
+                    if mins:
+                        total = builder.fsub(total, _lane_sum(builder, finals_m[p]))
+                    builder.store(total, builder.gep(out_, [ir.Constant(I64, 2 * wi + xi)]))
             return context.get_dummy_value()
 
-        return types.none(w16, dsc, x16, xd, xo, bo, out), codegen
+        return types.none(w16, dsc, msc, x16, xd, px, xo, bo, out), codegen
     return w16_4x2
 
 
-w16_4x2 = _w16_4x2(False)
-w16_4x2_512 = _w16_4x2(True)   # the same lanes, 32 weights per vpdpwssd (AVX-512 VNNI)
-
-
-@intrinsic
-def w16_mins(typingctx, msc, px, po):
-    """Prefill, the Q4_K mins of one (row, token): sum_e msc[e] * px[po + e] over e < K/32, msc (K/32,) of
-    the row, px of the tokens (the sums of q16 over each 32 times the block's xd), this one's from po.
-    Two float32 accumulators of 8 lanes (even and odd blocks; K/256 is even or the odd one is last), then a
-    float64 pairwise sum: short dependency chains, since this runs once per (row, token). Generic vector IR:
-    the same bits on any CPU."""
-    if not (msc in F32ARR and px in F32ARR and isinstance(po, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        m, p = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:2], args[:2]))
-        po_ = _i64(builder, args[2])
-        nb = builder.udiv(m.nitems, ir.Constant(I64, 8))
-        zero = ir.Constant(V8F, [0.0] * 8)
-        term = lambda b: builder.fmul(_load_at(builder, m.data, builder.mul(b, ir.Constant(I64, 8)), V8F),  # noqa: E731
-                                      _load_at(builder, p.data, builder.add(po_, builder.mul(b, ir.Constant(I64, 8))), V8F))
-
-        def step(j, accs):
-            b = builder.mul(j, ir.Constant(I64, 2))
-            return builder.fadd(accs[0], term(b)), builder.fadd(accs[1], term(builder.add(b, ir.Constant(I64, 1))))
-
-        pairs = builder.udiv(nb, ir.Constant(I64, 2))
-        f0, f1 = _loop(builder, pairs, [zero, zero], step)
-        odd = builder.icmp_signed("!=", builder.mul(pairs, ir.Constant(I64, 2)), nb)
-        last = builder.select(odd, term(builder.sub(nb, ir.Constant(I64, 1))), zero)   # K >= 256: nb >= 1
-        v = builder.fadd(builder.fadd(f0, last), f1)
-        lanes = [builder.fpext(builder.extract_element(v, ir.Constant(I32, i)), ir.DoubleType()) for i in range(8)]
-        while len(lanes) > 1:
-            lanes = [builder.fadd(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
-        return lanes[0]
-
-    return types.float64(msc, px, po), codegen
+w16_4x2, w16_4x2_nomins = _w16_4x2(False, True), _w16_4x2(False, False)
+# the same lanes, 32 weights per vpdpwssd (AVX-512 VNNI)
+w16_4x2_512, w16_4x2_nomins_512 = _w16_4x2(True, True), _w16_4x2(True, False)
