@@ -29,7 +29,8 @@ class LayerCache:
         self.filled = 0                                                    # slots ever written
 
     def update_and_fetch(self, k: np.ndarray, v: np.ndarray, pos: np.ndarray):
-        """k, v: (T, G, Dh) at absolute positions pos (T,). Returns K, V (G, S, Dh) and their positions (S,)."""
+        """k, v: (T, G, Dh) at absolute positions pos (T,). Returns the whole buffers K, V (G, capacity, Dh),
+        C-contiguous, of which the first S slots are in use, and those slots' positions (S,)."""
         cap = self.pos.shape[0]
         slots = pos % cap
         self.k[:, slots] = k.transpose(1, 0, 2)
@@ -37,7 +38,7 @@ class LayerCache:
         self.pos[slots] = pos
         self.filled = min(cap, max(self.filled, int(pos[-1]) + 1))
         n = self.filled
-        return self.k[:, :n], self.v[:, :n], self.pos[:n]
+        return self.k, self.v, self.pos[:n]
 
 
 class KVCache:

@@ -11,6 +11,7 @@ import numpy as np
 from quant import get_rows, matmul
 
 from .args import ModelArgs
+from .attention import attend
 from .cache import KVCache, attention_mask
 from .weights import Weights
 
@@ -71,13 +72,11 @@ class Transformer:
         q = rope(matmul(w[f"blk.{i}.attn_q.weight"], h).reshape(T, a.n_heads, Dh), *rot)
         k = rope(matmul(w[f"blk.{i}.attn_k.weight"], h).reshape(T, G, Dh), *rot)
         v = matmul(w[f"blk.{i}.attn_v.weight"], h).reshape(T, G, Dh)
-        K, V, kpos = layer_cache.update_and_fetch(k, v, pos)                        # (G, S, Dh), (S,)
+        K, V, kpos = layer_cache.update_and_fetch(k, v, pos)                        # (G, >= S, Dh), (S,)
         # Query head g*r + j reads kv head g: group the queries by kv head -> (G, T*r, Dh).
         qg = q.reshape(T, G, r, Dh).transpose(1, 0, 2, 3).reshape(G, T * r, Dh)
-        scores = (qg @ K.transpose(0, 2, 1)) * np.float32(Dh ** -0.5)              # (G, T*r, S)
-        mask = np.repeat(attention_mask(pos, kpos, a.sliding_window), r, axis=0)   # (T*r, S)
-        probs = softmax(np.where(mask, scores, -np.inf))
-        out = (probs @ V).reshape(G, T, r, Dh).transpose(1, 0, 2, 3).reshape(T, a.n_heads * Dh)
+        out = attend(qg, K, V, attention_mask(pos, kpos, a.sliding_window), r)      # (G, T*r, Dh)
+        out = out.reshape(G, T, r, Dh).transpose(1, 0, 2, 3).reshape(T, a.n_heads * Dh)
         return matmul(w[f"blk.{i}.attn_output.weight"], out)
 
     def swiglu(self, gate, up, down, h: np.ndarray) -> np.ndarray:                  # (T, D) -> (T, D)

@@ -110,3 +110,27 @@ def test_blas_runs_on_one_thread_during_a_forward_pass_only(tiny_gguf, monkeypat
         m.eval(ids_for(MISTRAL, 5))
         assert blas_threads() == before
     assert before and all(n == 2 for n in before) and seen and all(n == [1] * len(before) for n in seen)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_attention_kernel_matches_float64_softmax(window):
+    """gguf_runner.attention.attend against softmax(q k^T / sqrt(Dh)) v in float64, with the cache's mask:
+    causal, a window, never-written slots, and buffers longer than the slots in use."""
+    from gguf_runner.attention import attend
+    from gguf_runner.cache import EMPTY, attention_mask
+    rng = np.random.default_rng(5)
+    G, r, T, S, cap, Dh = 2, 3, 4, 9, 12, 16
+    q = rng.standard_normal((G, T * r, Dh)).astype(np.float32)
+    k, v = (rng.standard_normal((G, cap, Dh)).astype(np.float32) for _ in range(2))
+    kpos = np.arange(S, dtype=np.int64)
+    kpos[2] = EMPTY
+    qpos = np.arange(S - T, S, dtype=np.int64)
+    mask = attention_mask(qpos, kpos, window)
+    ours = attend(q, k, v, mask, r)
+    scores = np.einsum("gmd,gsd->gms", q.astype(np.float64), k[:, :S].astype(np.float64)) / np.sqrt(Dh)
+    scores = np.where(np.repeat(mask, r, axis=0)[None], scores, -np.inf)
+    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    ref = (probs / probs.sum(axis=-1, keepdims=True)) @ v[:, :S].astype(np.float64)
+    assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        attend(q, k[:, :S], v[:, :S], mask, r)
