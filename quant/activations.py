@@ -91,3 +91,43 @@ def quantize_activations(x: np.ndarray):
     hi, lo = np.empty(x.shape, np.int8), np.empty(x.shape, np.int8)
     (quantize_rows if lead else quantize)(x, d, q16, qp, hi, lo, bsums)
     return d, q16, qp, hi, lo, bsums
+
+
+# --- per 32 (the row types with blocks of 32: Q4_0, Q4_1, Q8_0 when K is not a multiple of 256) ---
+# d32 = max|x| / 32512 per 32 activations, q16 as above, s32 = sum of the 32 q16.
+
+def quantize32_reference(x: np.ndarray):
+    """x (K,) float32, K % 32 == 0 -> d32 (K/32,) f32, q16 (K,) int16, s32 (K/32,) int32."""
+    xb = x.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(xb).max(axis=1)
+    d = (amax / np.float32(QMAX)).astype(np.float32)
+    inv = np.where(amax > 0, np.float32(QMAX) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.clip(np.rint(xb * inv[:, None]), -QMAX, QMAX).astype(np.int32)
+    return d, q.reshape(-1).astype(np.int16), q.sum(axis=1).astype(np.int32)
+
+
+@njit
+def quantize32(x, d, q16, s32):
+    bits = x.view(np.uint32)
+    for b in range(x.size // 32):
+        y = 32 * b
+        m = np.uint32(0)
+        for i in range(y, y + 32):
+            m = max(m, bits[i] & np.uint32(0x7FFFFFFF))
+        amax = u32_as_f32(m)
+        d[b] = amax / np.float32(QMAX)
+        inv = np.float32(QMAX) / amax if amax > 0 else np.float32(0)
+        s = np.int32(0)
+        for i in range(y, y + 32):
+            q = min(max(np.int32(np.rint(x[i] * inv)), -QMAX), QMAX)
+            q16[i] = q
+            s += q
+        s32[b] = s
+
+
+def quantize_activations32(x: np.ndarray):
+    """x (K,) float32 contiguous -> (d32, q16, s32) as in quantize32_reference."""
+    d, s32 = np.empty(x.size // 32, np.float32), np.empty(x.size // 32, np.int32)
+    q16 = np.empty(x.size, np.int16)
+    quantize32(x, d, q16, s32)
+    return d, q16, s32

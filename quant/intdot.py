@@ -22,7 +22,7 @@ import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import (prefetch_block, q4_k_row, q4_k_row512, q4_k_unpack16, q5_k_row, q5_k_row512, q6_k_row, q6_k_row512,
+from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q8_0_row32, q4_k_row, q4_k_row512, q4_k_unpack16, q5_k_row, q5_k_row512, q6_k_row, q6_k_row512,
                    q6_k_unpack16, q8_0_row, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512)
 
 BLOCK = 256
@@ -167,6 +167,66 @@ def dot_q6_k_avx2(row, xd, x16, xp, xh, xl, bsums):
 @njit
 def dot_q6_k_avx512(row, xd, x16, xp, xh, xl, bsums):
     return q6_k_row512(row, xd, xh, xl, bsums)
+
+
+# --- decode of the types with blocks of 32, against activations quantized per 32 (activations.quantize32) ---
+
+@njit(inline="always")
+def b32_row_loop(row, xd, x16, s32, nbytes, kind):
+    """Portable simd._b32_row for Q4_0 (kind 0: w = d (q - 8)), Q4_1 (1: w = d q + m), Q8_0 (2: w = d q):
+    lane i sums the products of elements 2i, 2i + 1, 16 + 2i, 17 + 2i of each block (exact in int32);
+    acc[i] += f32(lane i) * (xd * d), and Q4_1's m meets the sum of the block's q16 in accm[0]."""
+    acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    lane = np.empty(8, np.int32)
+    q8 = row.view(np.int8)
+    for b in range(row.size // nbytes):
+        o, y = b * nbytes, 32 * b
+        lane[:] = 0
+        if kind == 2:
+            for e in range(32):
+                lane[(e % 16) // 2] += np.int32(q8[o + 2 + e]) * np.int32(x16[y + e])
+        else:
+            for i in range(16):
+                v = np.int32(row[o + 2 + 2 * kind + i])
+                lo, hi = (v & 15) - 8 * (kind == 0), (v >> 4) - 8 * (kind == 0)
+                lane[i // 2] += lo * np.int32(x16[y + i]) + hi * np.int32(x16[y + 16 + i])
+        xdb = np.float32(xd[b])
+        dd = xdb * half_to_f32(f16_bits(row, o))
+        for i in range(8):
+            acc[i] += np.float32(lane[i]) * dd
+        if kind == 1:
+            accm[0] += np.float32(s32[b]) * -(xdb * half_to_f32(f16_bits(row, o + 2)))
+    return row_total(acc, accm)
+
+
+@njit
+def dot32_q4_0(row, xd, x16, s32):
+    return b32_row_loop(row, xd, x16, s32, 18, 0)
+
+
+@njit
+def dot32_q4_1(row, xd, x16, s32):
+    return b32_row_loop(row, xd, x16, s32, 20, 1)
+
+
+@njit
+def dot32_q8_0(row, xd, x16, s32):
+    return b32_row_loop(row, xd, x16, s32, 34, 2)
+
+
+@njit
+def dot32_q4_0_avx2(row, xd, x16, s32):
+    return q4_0_row32(row, xd, x16, s32)
+
+
+@njit
+def dot32_q4_1_avx2(row, xd, x16, s32):
+    return q4_1_row32(row, xd, x16, s32)
+
+
+@njit
+def dot32_q8_0_avx2(row, xd, x16, s32):
+    return q8_0_row32(row, xd, x16, s32)
 
 
 # --- prefill: each row unpacked once to int16, then one dot product per token ---

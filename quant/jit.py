@@ -51,6 +51,9 @@ DEQUANT_SIG = types.void(ROW, OUT)  # dequantize(row, out (K,))
 DOT16_SIG = types.float64(ROW, VEC, *(types.Array(types.int16, 1, "C", readonly=True),) * 2,
                           types.Array(types.int8, 1, "C", readonly=True), types.Array(types.int8, 1, "C", readonly=True),
                           types.Array(types.int32, 1, "C", readonly=True))
+# Integer decode of rows with blocks of 32 (intdot.dot32_*): dot(row, xd (K/32,) f32, q16 (K,) i16,
+# s32 (K/32,) i32) -> sum_k w[k] * x[k], x given by activations.quantize32
+DOT32_SIG = types.float64(ROW, VEC, types.Array(types.int16, 1, "C", readonly=True), types.Array(types.int32, 1, "C", readonly=True))
 # Prefill (intdot.py): unpack(row, w16 (K,) i16, dsc (K/256,) f32, msc (K/32,) f32), then for four rows
 # (w16 (4K,), dsc (4K/256,), msc (4K/32,)) and two tokens (q16 at xo and xo + K, xd at bo and bo + K/256,
 # px, the sums of x over each 32, at 8 bo and 8 (bo + K/256)):

@@ -15,9 +15,9 @@ from numba import get_num_threads, prange, types
 from gguf import GGMLQuantizationType as T
 
 from . import intdot
-from .activations import quantize_activations
+from .activations import quantize_activations, quantize_activations32
 from .formats import FORMATS
-from .jit import (DEQUANT_SIG, DOT16_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
+from .jit import (DEQUANT_SIG, DOT16_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
                   blas_threads, kernel_address, njit, njit_parallel, pointer_call)
 from .simd import HAS_AVX2, HAS_AVX512
 from .tensor import QuantizedTensor
@@ -27,6 +27,7 @@ TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 
 
 _call_dot, _call_dequant = pointer_call(DOT_SIG), pointer_call(DEQUANT_SIG)
 _call_dot16, _call_unpack16, _call_4x2 = pointer_call(DOT16_SIG), pointer_call(UNPACK16_SIG), pointer_call(W4X2_SIG)
+_call_dot32 = pointer_call(DOT32_SIG)
 
 
 @njit_parallel(types.void(KERNEL, ROWS, VEC, OUT))
@@ -51,6 +52,12 @@ def _dequantize_rows_serial(dequantize_row, rows, ids, out):
 def _dot16_rows(dot, rows, xd, q16, qp, hi, lo, bsums, out):
     for r in prange(rows.shape[0]):
         out[r] = _call_dot16(dot, (rows[r], xd, q16, qp, hi, lo, bsums))
+
+
+@njit_parallel(types.void(KERNEL, ROWS, *DOT32_SIG.args[1:], OUT))
+def _dot32_rows(dot, rows, xd, q16, s32, out):
+    for r in prange(rows.shape[0]):
+        out[r] = _call_dot32(dot, (rows[r], xd, q16, s32))
 
 
 @njit_parallel(types.void(KERNEL, KERNEL, ROWS,
@@ -84,6 +91,11 @@ _DECODE = {T.Q4_K: {"portable": intdot.dot_q4_k, "avx2": intdot.dot_q4_k_avx2, "
            T.Q5_K: {"portable": intdot.dot_q5_k, "avx2": intdot.dot_q5_k_avx2, "avx512": intdot.dot_q5_k_avx512},
            T.Q6_K: {"portable": intdot.dot_q6_k, "avx2": intdot.dot_q6_k_avx2, "avx512": intdot.dot_q6_k_avx512},
            T.Q8_0: {"portable": intdot.dot_q8_0, "avx2": intdot.dot_q8_0_avx2, "avx512": intdot.dot_q8_0_avx2}}
+# Types with blocks of 32, any K (activations quantized per 32; Q8_0 takes _DECODE where K % 256 == 0).
+# No AVX-512 kernels: those CPUs run the AVX2 ones.
+_DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_avx2, "avx512": intdot.dot32_q4_0_avx2},
+             T.Q4_1: {"portable": intdot.dot32_q4_1, "avx2": intdot.dot32_q4_1_avx2, "avx512": intdot.dot32_q4_1_avx2},
+             T.Q8_0: {"portable": intdot.dot32_q8_0, "avx2": intdot.dot32_q8_0_avx2, "avx512": intdot.dot32_q8_0_avx2}}
 # Prefill's unpack (None: that type's prefill dequantizes for BLAS) and two-by-two kernel per path
 _UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q6_K: intdot.unpack_q6_k, T.Q5_K: None, T.Q8_0: None}
 _W4X2 = {"portable": intdot.w16_4x2_portable, "avx2": intdot.w16_4x2_avx2, "avx512": intdot.w16_4x2_avx512}
@@ -116,6 +128,11 @@ def _int_kernel(ggml_type: int, path: str):
 
 
 @cache
+def _int_kernel32(ggml_type: int, path: str):
+    return kernel_address(_DECODE32[ggml_type][path], DOT32_SIG)
+
+
+@cache
 def _prefill_kernels(ggml_type: int, path: str):
     dot4x2 = (_W4X2_NOMINS if ggml_type == T.Q6_K else _W4X2)[path]
     return kernel_address(_UNPACK[ggml_type], UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG)
@@ -145,13 +162,15 @@ def _activations(x: np.ndarray, k: int, ndim: int, op: str) -> np.ndarray:
 def matvec(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray:
     """w (N, K) @ x (K,) -> float32 (N,): one fused dequantize-and-dot per row, rows in parallel.
     Q4_K, Q5_K, Q6_K and Q8_0 rows (K a multiple of 256) take integer dot products against x quantized
-    to 16 bits per 256-block (relative error ~3e-5, activations.py) unless exact: then float32 weights
-    times float32 x."""
+    to 16 bits per 256-block (relative error ~3e-5, activations.py), Q4_0, Q4_1 and other Q8_0 rows
+    against x quantized per 32, unless exact: then float32 weights times float32 x."""
     n, k = _matrix(w, "matvec")
     x = _activations(x, k, 1, "matvec")
     out = np.empty(n, np.float32)
     if not exact and w.ggml_type in _DECODE and k % 256 == 0:
         _dot16_rows(_int_kernel(w.ggml_type, INT_PATH), w.data, *quantize_activations(x), out)
+    elif not exact and w.ggml_type in _DECODE32:
+        _dot32_rows(_int_kernel32(w.ggml_type, INT_PATH), w.data, *quantize_activations32(x), out)
     else:
         _dot_rows(_kernels(w.ggml_type)[0], w.data, x, out)
     return out

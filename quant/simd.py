@@ -358,6 +358,46 @@ def q8_0_row(typingctx, row, xd, x16):
     return types.float64(row, xd, x16), codegen
 
 
+def _b32_row(kind, block_bytes):
+    """The row intrinsic of Q4_0 (kind 0), Q4_1 (1) or Q8_0 (2) against activations quantized per 32
+    (activations.quantize32): per block, the quants widened to int16 (vpmovzxbw / vpmovsxbw; the two
+    nibbles of Q4 bytes i are elements i and 16 + i) meet q16 in two pmaddwd; as intdot.b32_row_loop."""
+    @intrinsic
+    def row32(typingctx, row, xd, x16, s32):
+        if not (_ok(row) and xd in F32ARR and x16 in I16ARR and s32 in I32ARR):
+            return None
+
+        def body(op, ptrs, b):
+            builder = op.b
+            row_, xd_, x_, s_ = ptrs
+            o, y = builder.mul(b, ir.Constant(I64, block_bytes)), builder.mul(b, ir.Constant(I64, 32))
+            d, m = _half_pair(builder, row_, o)   # Q4_0, Q8_0: m is quant bytes, unused
+            at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
+            xs = [_load_at(builder, x_, builder.add(y, ir.Constant(I64, 16 * c)), V16I16) for c in range(2)]
+            if kind == 2:
+                qs = [builder.sext(_load_at(builder, row_, at(2 + 16 * c), V16I8), V16I16) for c in range(2)]
+            else:
+                v = builder.zext(_load_at(builder, row_, at(2 + 2 * kind), V16I8), V16I16)
+                qs = [builder.and_(v, ir.Constant(V16I16, [15] * 16)), builder.lshr(v, ir.Constant(V16I16, [4] * 16))]
+                if kind == 0:
+                    qs = [builder.sub(q, ir.Constant(V16I16, [8] * 16)) for q in qs]
+            lanes = builder.add(op.madd(qs[0], xs[0]), op.madd(qs[1], xs[1]))
+            xdb = _load_at(builder, xd_, b, ir.FloatType())
+            mterms = []
+            if kind == 1:   # accm[0] += f32(s32) * -(xd * m)
+                sv = builder.sitofp(_load_at(builder, s_, b, I32), ir.FloatType())
+                mterms = [(builder.insert_element(ir.Constant(V8F, [0.0] * 8), sv, ir.Constant(I32, 0)), builder.fneg(builder.fmul(xdb, m)))]
+            return [(builder.sitofp(lanes, V8F), builder.fmul(xdb, d))], mterms
+
+        def codegen(context, builder, sig, args):
+            return _row_loop(context, builder, sig, args, block_bytes, body)
+
+        return types.float64(row, xd, x16, s32), codegen
+    return row32
+
+
+q4_0_row32, q4_1_row32, q8_0_row32 = _b32_row(0, 18), _b32_row(1, 20), _b32_row(2, 34)
+
 def _q6_k_row(wide):
     @intrinsic
     def q6_k_row(typingctx, row, xd, xh, xl, bsums):

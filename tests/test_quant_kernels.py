@@ -17,7 +17,7 @@ from gguf import GGUFReader
 from quant import (SUPPORTED_TYPES, QuantizedTensor, UnsupportedTypeError, dequantize, get_rows,
                    matmul, matvec)
 from quant.formats import FORMATS
-from quant.kernels import _DECODE as INT_KERNELS, _UNPACK
+from quant.kernels import _DECODE as INT_KERNELS, _DECODE32, _UNPACK
 
 K = 768  # a multiple of every block size (3 super-blocks)
 N = 37  # odd, so rows do not split evenly between threads
@@ -119,6 +119,29 @@ def test_integer_path_vs_float64(ggml_type, monkeypatch):
         # simd.q4_k_row) round differently, by about 1e-7 of the result
         decode = np.stack([matvec(w, v) for v in xs]).astype(np.float64)
         np.testing.assert_allclose(ys, decode, rtol=0, atol=1e-6 * np.abs(decode).max())
+
+
+@pytest.mark.parametrize("k", [576, K])
+@pytest.mark.parametrize("ggml_type", list(_DECODE32), ids=lambda t: t.name)
+def test_integer_path_of_32_blocks(ggml_type, k, monkeypatch):
+    """Q4_0, Q4_1 and Q8_0 rows of any K against activations quantized per 32 (Q8_0 at K = 768 takes the
+    per-256 kernel): close to float64, and every SIMD path bit-identical to the portable one."""
+    import quant.kernels as qk
+    from quant.activations import quantize32_reference, quantize_activations32
+    from quant.simd import HAS_AVX2, HAS_AVX512
+    w = random_tensor(ggml_type, (N, k), seed=21)
+    x = np.random.default_rng(22).standard_normal(k).astype(np.float32) * 30
+    for a, b in zip(quantize32_reference(x), quantize_activations32(x)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert_close(matvec(w, x), dequantize(w).astype(np.float64) @ x, f"{ggml_type.name} K={k}", rel=1e-3)
+    assert not np.array_equal(matvec(w, x), matvec(w, x, exact=True))   # the integer path ran, not the float one
+    results = {}
+    for path, ok in (("portable", True), ("avx2", HAS_AVX2), ("avx512", HAS_AVX512)):
+        if ok:
+            monkeypatch.setattr(qk, "INT_PATH", path)
+            results[path] = matvec(w, x).view(np.uint32)
+    for path, got in results.items():
+        np.testing.assert_array_equal(got, results["portable"], err_msg=path)
 
 
 @pytest.mark.parametrize("path", ["avx2", "avx512"])
@@ -272,21 +295,26 @@ def test_second_process_compiles_nothing():
         for exact in (False, True):
             matmul(random_tensor(ggml_type, (3, K)), np.ones((2, K), np.float32), exact=exact)
             matvec(random_tensor(ggml_type, (3, K)), np.ones(K, np.float32), exact=exact)
+    for ggml_type in _DECODE32:
+        matvec(random_tensor(ggml_type, (3, 96)), np.ones(96, np.float32))
     script = """if True:
         import numpy as np
         from quant import QuantizedTensor, SUPPORTED_TYPES, matvec, matmul
         from quant.formats import FORMATS
         import quant.kernels as qk
         from quant import activations
-        from quant.kernels import _dequantize_rows, _dequantize_rows_serial, _dot_rows, _dot16_rows, _w16_rows
+        from quant.kernels import _dequantize_rows, _dequantize_rows_serial, _dot_rows, _dot16_rows, _dot32_rows, _w16_rows
         for t, fmt in FORMATS.items():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
             matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((2, 768), np.float32))
             matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((2, 768), np.float32), exact=True)
-        kernels = [_dot_rows, _dequantize_rows, _dequantize_rows_serial, _dot16_rows, _w16_rows, activations.quantize,
-                   activations.quantize_rows]
+        for t in qk._DECODE32:   # K = 96: blocks of 32 only
+            matvec(QuantizedTensor("w", t, (3, 96), np.zeros((3, 3 * FORMATS[t].BYTES), np.uint8)), np.ones(96, np.float32))
+        kernels = [_dot_rows, _dequantize_rows, _dequantize_rows_serial, _dot16_rows, _dot32_rows, _w16_rows, activations.quantize,
+                   activations.quantize_rows, activations.quantize32]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
         kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for k in qk._UNPACK.values() if k]
+        kernels += [ks[qk.INT_PATH] for ks in qk._DECODE32.values()]
         kernels += [qk._W4X2[qk.INT_PATH], qk._W4X2_NOMINS[qk.INT_PATH]]
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
@@ -296,7 +324,8 @@ def test_second_process_compiles_nothing():
     misses, hits = map(int, out.stdout.split())
     from quant.kernels import INT_PATH
     kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(1 for k in _UNPACK.values() if k)   # decode + prefill unpackers
-    assert misses == 0 and hits == 7 + 2 * len(FORMATS) + kernels + 2, out.stdout
+    kernels += len(_DECODE32)
+    assert misses == 0 and hits == 9 + 2 * len(FORMATS) + kernels + 2, out.stdout
 
 
 def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
