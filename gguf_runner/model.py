@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quant import get_rows, matmul
+from quant import get_rows, matmul, matmuls
 
 from .args import ModelArgs
 from .attention import attend
@@ -69,9 +69,8 @@ class Transformer:
     def attention(self, i: int, h: np.ndarray, pos: np.ndarray, rot, layer_cache) -> np.ndarray:
         a, w, T = self.args, self.w, h.shape[0]
         G, r, Dh = a.n_kv_heads, a.n_heads // a.n_kv_heads, a.head_dim
-        q = rope(matmul(w[f"blk.{i}.attn_q.weight"], h).reshape(T, a.n_heads, Dh), *rot)
-        k = rope(matmul(w[f"blk.{i}.attn_k.weight"], h).reshape(T, G, Dh), *rot)
-        v = matmul(w[f"blk.{i}.attn_v.weight"], h).reshape(T, G, Dh)
+        q, k, v = matmuls([w[f"blk.{i}.attn_{n}.weight"] for n in "qkv"], h)
+        q, k, v = rope(q.reshape(T, a.n_heads, Dh), *rot), rope(k.reshape(T, G, Dh), *rot), v.reshape(T, G, Dh)
         K, V, kpos = layer_cache.update_and_fetch(k, v, pos)                        # (G, >= S, Dh), (S,)
         # Query head g*r + j reads kv head g: group the queries by kv head -> (G, T*r, Dh).
         qg = q.reshape(T, G, r, Dh).transpose(1, 0, 2, 3).reshape(G, T * r, Dh)
@@ -80,7 +79,8 @@ class Transformer:
         return matmul(w[f"blk.{i}.attn_output.weight"], out)
 
     def swiglu(self, gate, up, down, h: np.ndarray) -> np.ndarray:                  # (T, D) -> (T, D)
-        return matmul(down, silu(matmul(gate, h)) * matmul(up, h))
+        g, u = matmuls([gate, up], h)
+        return matmul(down, silu(g) * u)
 
     def dense(self, i: int, h: np.ndarray) -> np.ndarray:
         w = self.w

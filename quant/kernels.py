@@ -60,6 +60,31 @@ def _dot32_rows(dot, rows, xd, q16, s32, out):
         out[r] = _call_dot32(dot, (rows[r], xd, q16, s32))
 
 
+# matvecs: the rows of up to three matrices (each with its kernel and output) against one x, in one loop
+@njit_parallel(types.void(*(KERNEL, ROWS, OUT) * 3, *DOT16_SIG.args[1:]))
+def _dot16_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, qp, hi, lo, bsums):
+    n0, n1 = r0.shape[0], r1.shape[0]
+    for i in prange(n0 + n1 + r2.shape[0]):
+        if i < n0:
+            o0[i] = _call_dot16(k0, (r0[i], xd, q16, qp, hi, lo, bsums))
+        elif i < n0 + n1:
+            o1[i - n0] = _call_dot16(k1, (r1[i - n0], xd, q16, qp, hi, lo, bsums))
+        else:
+            o2[i - n0 - n1] = _call_dot16(k2, (r2[i - n0 - n1], xd, q16, qp, hi, lo, bsums))
+
+
+@njit_parallel(types.void(*(KERNEL, ROWS, OUT) * 3, *DOT32_SIG.args[1:]))
+def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
+    n0, n1 = r0.shape[0], r1.shape[0]
+    for i in prange(n0 + n1 + r2.shape[0]):
+        if i < n0:
+            o0[i] = _call_dot32(k0, (r0[i], xd, q16, s32))
+        elif i < n0 + n1:
+            o1[i - n0] = _call_dot32(k1, (r1[i - n0], xd, q16, s32))
+        else:
+            o2[i - n0 - n1] = _call_dot32(k2, (r2[i - n0 - n1], xd, q16, s32))
+
+
 @njit_parallel(types.void(KERNEL, KERNEL, ROWS,
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
                          OUT2))
@@ -167,13 +192,46 @@ def matvec(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     n, k = _matrix(w, "matvec")
     x = _activations(x, k, 1, "matvec")
     out = np.empty(n, np.float32)
-    if not exact and w.ggml_type in _DECODE and k % 256 == 0:
+    scheme = None if exact else _int_scheme(w)
+    if scheme == 256:
         _dot16_rows(_int_kernel(w.ggml_type, INT_PATH), w.data, *quantize_activations(x), out)
-    elif not exact and w.ggml_type in _DECODE32:
+    elif scheme == 32:
         _dot32_rows(_int_kernel32(w.ggml_type, INT_PATH), w.data, *quantize_activations32(x), out)
     else:
         _dot_rows(_kernels(w.ggml_type)[0], w.data, x, out)
     return out
+
+
+def _int_scheme(w: QuantizedTensor) -> int | None:
+    """The block of activation quantization w's integer decode kernel takes (256 or 32), None for float."""
+    if w.ggml_type in _DECODE and w.shape[1] % 256 == 0:
+        return 256
+    return 32 if w.ggml_type in _DECODE32 else None
+
+
+_NO_ROWS, _NO_OUT = np.empty((0, 1), np.uint8), np.empty(0, np.float32)
+
+
+def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> list[np.ndarray]:
+    """[matmul(w, x) for w in ws] for one to three matrices with the same K (a layer's q, k, v, or gate
+    and up). For one token whose matrices share an integer scheme, in one pass: x quantized once and
+    the rows of all of them in one parallel loop, one kernel launch instead of three."""
+    if not 1 <= len(ws) <= 3:
+        raise ValueError(f"matmuls takes one to three matrices, got {len(ws)}")
+    ks = {_matrix(w, "matmuls")[1] for w in ws}
+    if len(ks) != 1:
+        raise ValueError(f"matmuls: the matrices must share K, got {sorted(ks)}")
+    x = _activations(x, ks.pop(), 2, "matmuls")
+    schemes = {None if exact else _int_scheme(w) for w in ws}
+    if x.shape[0] != 1 or len(ws) == 1 or schemes not in ({256}, {32}):
+        return [matmul(w, x, exact) for w in ws]
+    kernel, rows3, quantize = ((_int_kernel, _dot16_rows3, quantize_activations) if schemes == {256}
+                               else (_int_kernel32, _dot32_rows3, quantize_activations32))
+    outs = [np.empty(w.shape[0], np.float32) for w in ws]
+    triples = [(kernel(w.ggml_type, INT_PATH), w.data, out) for w, out in zip(ws, outs)]
+    triples += [(triples[0][0], _NO_ROWS, _NO_OUT)] * (3 - len(ws))
+    rows3(*(a for t in triples for a in t), *quantize(x[0]))
+    return [out[None, :] for out in outs]
 
 
 def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray:

@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
 from quant import (SUPPORTED_TYPES, QuantizedTensor, UnsupportedTypeError, dequantize, get_rows,
-                   matmul, matvec)
+                   matmul, matmuls, matvec)
 from quant.formats import FORMATS
 from quant.kernels import _DECODE as INT_KERNELS, _DECODE32, _UNPACK
 
@@ -297,6 +297,8 @@ def test_second_process_compiles_nothing():
             matvec(random_tensor(ggml_type, (3, K)), np.ones(K, np.float32), exact=exact)
     for ggml_type in _DECODE32:
         matvec(random_tensor(ggml_type, (3, 96)), np.ones(96, np.float32))
+        matmuls([random_tensor(ggml_type, (3, 96))] * 2, np.ones((1, 96), np.float32))
+    matmuls([random_tensor(T.Q4_K, (3, K))] * 2, np.ones((1, K), np.float32))
     script = """if True:
         import numpy as np
         from quant import QuantizedTensor, SUPPORTED_TYPES, matvec, matmul
@@ -309,8 +311,12 @@ def test_second_process_compiles_nothing():
             matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((2, 768), np.float32))
             matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((2, 768), np.float32), exact=True)
         for t in qk._DECODE32:   # K = 96: blocks of 32 only
-            matvec(QuantizedTensor("w", t, (3, 96), np.zeros((3, 3 * FORMATS[t].BYTES), np.uint8)), np.ones(96, np.float32))
-        kernels = [_dot_rows, _dequantize_rows, _dequantize_rows_serial, _dot16_rows, _dot32_rows, _w16_rows, activations.quantize,
+            w = QuantizedTensor("w", t, (3, 96), np.zeros((3, 3 * FORMATS[t].BYTES), np.uint8))
+            matvec(w, np.ones(96, np.float32)); qk.matmuls([w, w], np.ones((1, 96), np.float32))
+        w = QuantizedTensor("w", 12, (3, 768), np.zeros((3, 3 * 144), np.uint8))   # Q4_K
+        qk.matmuls([w, w], np.ones((1, 768), np.float32))
+        kernels = [_dot_rows, _dequantize_rows, _dequantize_rows_serial, _dot16_rows, _dot32_rows, qk._dot16_rows3, qk._dot32_rows3,
+                   _w16_rows, activations.quantize,
                    activations.quantize_rows, activations.quantize32]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
         kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for k in qk._UNPACK.values() if k]
@@ -325,7 +331,7 @@ def test_second_process_compiles_nothing():
     from quant.kernels import INT_PATH
     kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(1 for k in _UNPACK.values() if k)   # decode + prefill unpackers
     kernels += len(_DECODE32)
-    assert misses == 0 and hits == 9 + 2 * len(FORMATS) + kernels + 2, out.stdout
+    assert misses == 0 and hits == 11 + 2 * len(FORMATS) + kernels + 2, out.stdout
 
 
 def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
@@ -347,3 +353,22 @@ def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
     monkeypatch.setattr(serialize._numba_unpickle, "__code__", interrupted.__code__)
     for call, want in zip(calls, expected):
         np.testing.assert_array_equal(call(), want)
+
+
+@pytest.mark.parametrize("types_", [(T.Q4_K, T.Q4_K, T.Q6_K), (T.Q4_1, T.Q8_0), (T.Q4_K, T.Q4_1, T.F16)],
+                         ids=["k-quants", "blocks-of-32", "mixed"])
+def test_matmuls_is_matmul_of_each(types_):
+    """One pass over several matrices (one activation quantization, one parallel loop) gives each one's
+    matmul bit for bit, for one token and for several; rows of different lengths and types mix."""
+    ws = [random_tensor(t, (n, K), seed=30 + n) for t, n in zip(types_, (N, 16, 5))]
+    rng = np.random.default_rng(31)
+    for t in (1, 3):
+        x = rng.standard_normal((t, K)).astype(np.float32)
+        got = matmuls(ws, x)
+        assert len(got) == len(ws)
+        for w, g in zip(ws, got):
+            np.testing.assert_array_equal(g.view(np.uint32), matmul(w, x).view(np.uint32))
+    with pytest.raises(ValueError, match="share K"):
+        matmuls([ws[0], random_tensor(T.Q4_K, (4, 2 * K))], x)
+    with pytest.raises(ValueError, match="one to three"):
+        matmuls(ws * 2, x)
