@@ -1,11 +1,13 @@
-"""AVX2 integer dot products for Numba, emitted as LLVM IR (`numba.extending.intrinsic`).
+"""AVX2 and AVX-512 VNNI integer dot products for Numba, emitted as LLVM IR (`numba.extending.intrinsic`).
 
-Each intrinsic computes one row's dot product with the 16-bit activations of activations.py, loops
-over the blocks included: exact integer sums per block in 8 lanes, with x86 `pmaddubsw` (u8 x s8 ->
-pairwise i16) and `pmaddwd` (i16 x i16 -> pairwise i32), accumulated in float32 vectors, summed once
-per row. intdot.py's portable loops (the path for CPUs without AVX2, chosen once in kernels.py) do
-the same operations in the same order, so the two agree bit for bit.
-Only compile (call) these on a CPU with AVX2 (HAS_AVX2), the *_row512 ones with AVX-512 BW and VNNI
+Each decode intrinsic computes one row's dot product with the 16-bit activations of activations.py,
+loops over the blocks included: exact integer sums per block in 8 lanes, with x86 `pmaddubsw` (u8 x s8
+-> pairwise i16) and `pmaddwd` (i16 x i16 -> pairwise i32), or AVX-512 VNNI's `vpdpbusd` / `vpdpwssd`
+(the same sums, accumulated in 16 lanes and folded onto 8), accumulated in float32 vectors, summed once
+per row. intdot.py's portable loops (the path for CPUs without AVX2, chosen once in kernels.py) do the
+same operations in the same order, so every path agrees bit for bit. The prefill intrinsics (unpack to
+int16, w16_4x2) follow the same scheme for four rows and two tokens at a time.
+Only compile (call) these on a CPU with AVX2 (HAS_AVX2), the *512 ones with AVX-512 BW and VNNI
 (HAS_AVX512).
 """
 import llvmlite.binding as llvm
