@@ -11,7 +11,7 @@ with one horizontal sum per row (dot_q4_k_avx512, dot_q5_k_avx512, dot_q6_k_avx5
 dot_<type> is the portable path for CPUs without AVX2, the same lanes and the same
 float32 operations in the same order, so both give the same bits.
 Prefill (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type> turns a row into int16 weights times their
-sub-block scales once, then w16_4x2[_avx2|_avx512] (simd.w16_4x2[_512]) takes the dot products of four such rows
+sub-block scales once, then w16_4x2[_avx2|_avx512] (simd_prefill.w16_4x2[_512]) takes the dot products of four such rows
 with two tokens' q16 at a time (pmaddwd), the same lanes-then-float32 scheme, Q4_K's mins in the same pass
 (the _nomins kernels leave them out, for Q6_K).
 Its rounding differs from decode's by ~1e-7.
@@ -22,8 +22,9 @@ import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q8_0_row32, q4_k_row, q4_k_row512, q4_k_unpack16, q5_k_row, q5_k_row512, q6_k_row, q6_k_row512,
-                   q6_k_unpack16, q8_0_row, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512)
+from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q4_k_row, q4_k_row512, q5_k_row, q5_k_row512, q6_k_row,
+                   q6_k_row512, q8_0_row, q8_0_row32)
+from .simd_prefill import q4_k_unpack16, q6_k_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -258,7 +259,7 @@ def unpack_q6_k(row, w16, dsc, msc):
 
 @njit(inline="always")
 def w16_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
-    """Portable simd.w16_4x2 for one (row, token): sum_L acc[L] - sum_L accm[L], the same int32 lanes and
+    """Portable simd_prefill.w16_4x2 for one (row, token): sum_L acc[L] - sum_L accm[L], the same int32 lanes and
     float32 operations in the same order."""
     acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
     lanes = np.empty(16, np.int32)
@@ -277,7 +278,7 @@ def w16_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
 
 @njit(inline="always")
 def w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, out, mins):
-    """Portable simd.w16_4x2: rows r = w16[r K:(r + 1) K], tokens at xo and xo + K."""
+    """Portable simd_prefill.w16_4x2: rows r = w16[r K:(r + 1) K], tokens at xo and xo + K."""
     k, nb = w16.size // 4, w16.size // 4 // BLOCK
     for p in range(8):
         r, t = p // 2, p % 2
