@@ -134,3 +134,22 @@ def test_attention_kernel_matches_float64_softmax(window):
     assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max()
     with pytest.raises(ValueError, match="C-contiguous"):
         attend(q, k[:, :S], v[:, :S], mask, r)
+
+
+@pytest.mark.parametrize("cfg", [MISTRAL, MIXTRAL], ids=lambda c: c.kind)
+def test_forward_pass_same_bits_on_every_kernel_path(tiny_gguf, cfg, monkeypatch):
+    """A Q4_K_M model's prefill and decode logits with the integer kernels forced to the portable path
+    (CPUs without AVX2), AVX2 and AVX-512 where this CPU has them: the same bits."""
+    import quant.kernels as qk
+    from quant.simd import HAS_AVX2, HAS_AVX512
+    m = gguf_runner.load(tiny_gguf(cfg, quant=15))
+    ids = ids_for(cfg, 12)
+    runs = {}
+    for path, ok in (("portable", True), ("avx2", HAS_AVX2), ("avx512", HAS_AVX512)):
+        if ok:
+            monkeypatch.setattr(qk, "INT_PATH", path)
+            m.reset()
+            prefill = m.eval(ids[:8], all_logits=True)
+            runs[path] = np.concatenate([prefill, np.stack([m.eval([t]) for t in ids[8:]])])
+    for path, logits in runs.items():
+        np.testing.assert_array_equal(logits.view(np.uint32), runs["portable"].view(np.uint32), err_msg=path)
