@@ -89,7 +89,7 @@ def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
                          OUT2))
 def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out):
-    """x16 (T, K) with T even, xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd) -> out (N, T).
+    """x16 (T, K) with T even, xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd) -> out (T, N).
     Rows go in fours (the last row repeated to fill the last four), each unpacked once, then meet the tokens
     two at a time."""
     n_t, k = x16.shape
@@ -105,7 +105,7 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out):
         for t in range(0, n_t, 2):
             _call_4x2(dot4x2, (w16, dsc, msc, xf, df, pf, t * k, t * nb, res))
             for p in range(2 * count):
-                out[r0 + p // 2, t + p % 2] = res[p]
+                out[t + p % 2, r0 + p // 2] = res[p]
 
 
 # Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
@@ -290,12 +290,9 @@ def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     unpack, dot4x2 = _prefill_kernels(w.ggml_type, INT_PATH)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     tile = max(8, TILE_BYTES // (2 * x.shape[1]) // 8 * 8)
-    part = np.empty((w.shape[0], min(tile, x.shape[0])), np.float32)  # (N, tile)
-    for t0 in range(0, x.shape[0], tile):
+    for t0 in range(0, x.shape[0], tile):   # each tile's results go straight to its rows of out
         t1 = min(x.shape[0], t0 + tile)
-        p = part[:, :t1 - t0] if t1 - t0 == part.shape[1] else np.empty((w.shape[0], t1 - t0), np.float32)
-        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], p)
-        out[t0:t1] = p.T
+        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1])
     return out[:n_t]
 
 
