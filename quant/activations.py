@@ -31,13 +31,18 @@ QP_ORDER = np.empty(BLOCK, np.int64)   # qp[y + i] = q16[y + QP_ORDER[i]]
 QP_ORDER[np.array([qp_chunk(s, p) + j for s in range(8) for p in range(2) for j in range(16)])] = _QP_FROM
 
 
-def quantize_reference(x: np.ndarray):
-    """x (K,) float32, K % 256 == 0 -> d (K/256,) f32, q16 int16, qp int16, hi int8, lo int8, bsums int32 (K/16,)."""
-    xb = x.astype(np.float32).reshape(-1, BLOCK)
+def _reference_blocks(x: np.ndarray, n: int):
+    """x (K,) in blocks of n -> d (K/n,) float32 = max|x| / QMAX per block, q (K/n, n) int32 = rint(x / d)."""
+    xb = x.astype(np.float32).reshape(-1, n)
     amax = np.abs(xb).max(axis=1)
     d = (amax / np.float32(QMAX)).astype(np.float32)
     inv = np.where(amax > 0, np.float32(QMAX) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    q = np.clip(np.rint(xb * inv[:, None]), -QMAX, QMAX).astype(np.int32)
+    return d, np.clip(np.rint(xb * inv[:, None]), -QMAX, QMAX).astype(np.int32)
+
+
+def quantize_reference(x: np.ndarray):
+    """x (K,) float32, K % 256 == 0 -> d (K/256,) f32, q16 int16, qp int16, hi int8, lo int8, bsums int32 (K/16,)."""
+    d, q = _reference_blocks(x, BLOCK)
     hi = (q + 128) >> 8
     lo = q - 256 * hi
     bsums = q.reshape(-1, 16).sum(axis=1).astype(np.int32)
@@ -49,22 +54,33 @@ def quantize_reference(x: np.ndarray):
             lo.reshape(-1).astype(np.int8), bsums)
 
 
+@njit(inline="always")
+def _block_scale(bits, y, n):
+    """Of x[y:y + n] (as bits): d = max|x| / QMAX and 1 / d (0 for an all-zero block). max |x| is the largest
+    magnitude bit pattern: an integer max, which LLVM vectorizes (a float max reduction is not reordered
+    without fast-math)."""
+    m = np.uint32(0)
+    for i in range(y, y + n):
+        m = max(m, bits[i] & np.uint32(0x7FFFFFFF))
+    amax = u32_as_f32(m)
+    return amax / np.float32(QMAX), (np.float32(QMAX) / amax if amax > 0 else np.float32(0))
+
+
+@njit(inline="always")
+def _round(v, inv):
+    return min(max(np.int32(np.rint(v * inv)), -QMAX), QMAX)
+
+
 @njit
 def quantize(x, d, q16, qp, hi, lo, bsums):
-    """Four loops per block that LLVM vectorizes (about 3x faster than one scalar loop): max |x| as
-    the largest magnitude bit pattern (an integer max; a float max reduction is not reordered without
-    fast-math), the rounding, the sums of 16, then qp."""
+    """Four loops per block that LLVM vectorizes (about 3x faster than one scalar loop): max |x|
+    (_block_scale), the rounding, the sums of 16, then qp."""
     bits = x.view(np.uint32)
     for b in range(x.size // BLOCK):
         y = b * BLOCK
-        m = np.uint32(0)
+        d[b], inv = _block_scale(bits, y, BLOCK)
         for i in range(y, y + BLOCK):
-            m = max(m, bits[i] & np.uint32(0x7FFFFFFF))
-        amax = u32_as_f32(m)
-        d[b] = amax / np.float32(QMAX)
-        inv = np.float32(QMAX) / amax if amax > 0 else np.float32(0)
-        for i in range(y, y + BLOCK):
-            q = min(max(np.int32(np.rint(x[i] * inv)), -QMAX), QMAX)
+            q = _round(x[i], inv)
             h = (q + 128) >> 8
             q16[i], hi[i], lo[i] = q, h, q - 256 * h
         for j in range(y // 16, y // 16 + 16):
@@ -98,11 +114,7 @@ def quantize_activations(x: np.ndarray):
 
 def quantize32_reference(x: np.ndarray):
     """x (K,) float32, K % 32 == 0 -> d32 (K/32,) f32, q16 (K,) int16, s32 (K/32,) int32."""
-    xb = x.astype(np.float32).reshape(-1, 32)
-    amax = np.abs(xb).max(axis=1)
-    d = (amax / np.float32(QMAX)).astype(np.float32)
-    inv = np.where(amax > 0, np.float32(QMAX) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    q = np.clip(np.rint(xb * inv[:, None]), -QMAX, QMAX).astype(np.int32)
+    d, q = _reference_blocks(x, 32)
     return d, q.reshape(-1).astype(np.int16), q.sum(axis=1).astype(np.int32)
 
 
@@ -111,15 +123,10 @@ def quantize32(x, d, q16, s32):
     bits = x.view(np.uint32)
     for b in range(x.size // 32):
         y = 32 * b
-        m = np.uint32(0)
-        for i in range(y, y + 32):
-            m = max(m, bits[i] & np.uint32(0x7FFFFFFF))
-        amax = u32_as_f32(m)
-        d[b] = amax / np.float32(QMAX)
-        inv = np.float32(QMAX) / amax if amax > 0 else np.float32(0)
+        d[b], inv = _block_scale(bits, y, 32)
         s = np.int32(0)
         for i in range(y, y + 32):
-            q = min(max(np.int32(np.rint(x[i] * inv)), -QMAX), QMAX)
+            q = _round(x[i], inv)
             q16[i] = q
             s += q
         s32[b] = s
