@@ -8,9 +8,8 @@ format imports: q4_k.scale_min, q4_k.fit_row, q5_0.quants, anything in fit.py), 
 quant/__pycache__/*.nbi so the kernels that inline it are rebuilt. A fresh install has fresh file
 times, so users are not affected.
 """
-import functools
 import os
-from functools import partial
+from functools import cache, partial
 
 # GNU OpenMP (Numba's default threading layer on Linux): after a parallel region its workers spin
 # GOMP_SPINCOUNT times, then sleep. Spinning without end (OMP_WAIT_POLICY=active) fought OpenBLAS's
@@ -103,7 +102,7 @@ def set_num_threads(n: int) -> None:
     numba.set_num_threads(n)
 
 
-@functools.cache
+@cache
 def _blas_controller():
     from threadpoolctl import ThreadpoolController
     return ThreadpoolController()

@@ -157,6 +157,11 @@ def _int_kernel32(ggml_type: int, path: str):
     return kernel_address(_DECODE32[ggml_type][path], DOT32_SIG)
 
 
+# Integer decode by activation block (_int_scheme): kernel address, drivers for one and three matrices, quantizer
+_SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, quantize_activations),
+            32: (_int_kernel32, _dot32_rows, _dot32_rows3, quantize_activations32)}
+
+
 @cache
 def _prefill_kernels(ggml_type: int, path: str):
     dot4x2 = (_W4X2_NOMINS if ggml_type == T.Q6_K else _W4X2)[path]
@@ -193,12 +198,11 @@ def matvec(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     x = _activations(x, k, 1, "matvec")
     out = np.empty(n, np.float32)
     scheme = None if exact else _int_scheme(w)
-    if scheme == 256:
-        _dot16_rows(_int_kernel(w.ggml_type, INT_PATH), w.data, *quantize_activations(x), out)
-    elif scheme == 32:
-        _dot32_rows(_int_kernel32(w.ggml_type, INT_PATH), w.data, *quantize_activations32(x), out)
-    else:
+    if scheme is None:
         _dot_rows(_kernels(w.ggml_type)[0], w.data, x, out)
+    else:
+        kernel, rows, _, quantize = _SCHEMES[scheme]
+        rows(kernel(w.ggml_type, INT_PATH), w.data, *quantize(x), out)
     return out
 
 
@@ -225,8 +229,7 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
     schemes = {None if exact else _int_scheme(w) for w in ws}
     if x.shape[0] != 1 or len(ws) == 1 or schemes not in ({256}, {32}):
         return [matmul(w, x, exact) for w in ws]
-    kernel, rows3, quantize = ((_int_kernel, _dot16_rows3, quantize_activations) if schemes == {256}
-                               else (_int_kernel32, _dot32_rows3, quantize_activations32))
+    kernel, _, rows3, quantize = _SCHEMES[schemes.pop()]
     outs = [np.empty(w.shape[0], np.float32) for w in ws]
     triples = [(kernel(w.ggml_type, INT_PATH), w.data, out) for w, out in zip(ws, outs)]
     triples += [(triples[0][0], _NO_ROWS, _NO_OUT)] * (3 - len(ws))

@@ -35,7 +35,7 @@ def _fn(builder, name, ret, args):
 
 
 class _Ops:
-    """Small helpers over an IRBuilder: the two x86 multiply-adds, byte constants."""
+    """Small helpers over an IRBuilder: the x86 multiply-adds (AVX2, AVX-512 VNNI) and pshufb."""
 
     def __init__(self, context, builder):
         self.c, self.b = context, builder
@@ -56,9 +56,6 @@ class _Ops:
 
     def pshufb(self, v, mask):  # 32 x i8, per 128-bit lane: v[mask[i]], or 0 where mask[i] < 0
         return self.b.call(_fn(self.b, "llvm.x86.avx2.pshuf.b", V32I8, [V32I8, V32I8]), [v, mask])
-
-    def splat8(self, value):
-        return ir.Constant(V32I8, [value] * 32)
 
 
 def _ok(*tys):
