@@ -98,12 +98,21 @@ def quantize_rows(x, d, q16, qp, hi, lo, bsums):
         quantize(x[t], d[t], q16[t], qp[t], hi[t], lo[t], bsums[t])
 
 
+def empty_aligned(shape, dtype) -> np.ndarray:
+    """np.empty whose data starts on a 64-byte cache line (numpy's large allocations are 16 past a page): the
+    AVX-512 prefill kernel's 64-byte loads of q16 then read one line each."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(n + 64, np.uint8)
+    skip = -buf.ctypes.data % 64
+    return buf[skip:skip + n].view(dtype).reshape(shape)
+
+
 def quantize_activations(x: np.ndarray):
     """x (K,) or (T, K) float32 contiguous -> (d, q16, qp, hi, lo, bsums) as in quantize_reference,
     with the leading T axis on each if x has one."""
     lead, k = x.shape[:-1], x.shape[-1]
     d, bsums = np.empty((*lead, k // BLOCK), np.float32), np.empty((*lead, k // 16), np.int32)
-    q16, qp = np.empty(x.shape, np.int16), np.empty(x.shape, np.int16)
+    q16, qp = empty_aligned(x.shape, np.int16), np.empty(x.shape, np.int16)
     hi, lo = np.empty(x.shape, np.int8), np.empty(x.shape, np.int8)
     (quantize_rows if lead else quantize)(x, d, q16, qp, hi, lo, bsums)
     return d, q16, qp, hi, lo, bsums

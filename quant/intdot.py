@@ -259,58 +259,67 @@ def unpack_q6_k(row, w16, dsc, msc):
 
 @njit(inline="always")
 def w16_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
-    """Portable simd_prefill.w16_4x2 for one (row, token): sum_L acc[L] - sum_L accm[L], the same int32 lanes and
-    float32 operations in the same order."""
-    acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    """Portable simd_prefill.w16_4x2 for one (row, token): the same int32 lanes (lane i: elements 2i, 2i + 1 of
+    each 32) and float32 operations in the same order."""
+    acc, accm = np.zeros(16, np.float32), np.zeros(8, np.float32)
     lanes = np.empty(16, np.int32)
     for b in range(w16.size // BLOCK):
         lanes[:] = 0
-        for e in range(b * BLOCK, b * BLOCK + BLOCK):  # lane i of half h: elements 2i, 2i+1 of each 16
-            lanes[8 * ((e % BLOCK) // 128) + (e % 16) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
+        for e in range(b * BLOCK, b * BLOCK + BLOCK):
+            lanes[(e % 32) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
         s = xd[bo + b] * dsc[b]
-        for i in range(8):
-            acc[i] += (np.float32(lanes[i]) + np.float32(lanes[8 + i])) * s
+        for i in range(16):
+            acc[i] += np.float32(lanes[i]) * s
         if mins:
             for i in range(8):
                 accm[i] += msc[8 * b + i] * px[8 * (bo + b) + i]
-    return row_total(acc, accm)
+    return np.float64(_tree8(acc[:8] + acc[8:]) - _tree8(accm))
 
 
 @njit(inline="always")
-def w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, out, mins):
-    """Portable simd_prefill.w16_4x2: rows r = w16[r K:(r + 1) K], tokens at xo and xo + K."""
+def _tree8(v):
+    """sum of 8 float32 as simd_prefill._sum8x8 adds them: h4[i] = v[i] + v[i + 4], h2[i] = h4[i] + h4[i + 2]."""
+    h4 = v[:4] + v[4:]
+    h2 = h4[:2] + h4[2:]
+    return h2[0] + h2[1]
+
+
+@njit(inline="always")
+def w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins):
+    """Portable simd_prefill.w16_4x2: rows r = w16[r K:(r + 1) K], token pair j at xo + 2 j xs and xo + (2 j + 1) xs."""
     k, nb = w16.size // 4, w16.size // 4 // BLOCK
-    for p in range(8):
-        r, t = p // 2, p % 2
-        out[p] = w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[8 * r * nb:8 * (r + 1) * nb],
-                              x16, xd, px, xo + t * k, bo + t * nb, mins)
+    for j in range(out.size // 8):
+        for p in range(8):
+            r, t = p // 2, 2 * j + p % 2
+            out[8 * j + p] += w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[8 * r * nb:8 * (r + 1) * nb],
+                                           x16, xd, px, xo + t * xs, bo + t * (xs // BLOCK), mins)
 
 
 @njit
-def w16_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, out):
-    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, out, True)
+def w16_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True)
 
 
 @njit
-def w16_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, out):   # Q6_K: no mins
-    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, out, False)
+def w16_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):   # Q6_K: no mins
+    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False)
 
 
 @njit
-def w16_4x2_avx2(w16, dsc, msc, x16, xd, px, xo, bo, out):
-    w16_4x2(w16, dsc, msc, x16, xd, px, xo, bo, out)
+def w16_4x2_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
 
 
 @njit
-def w16_4x2_nomins_avx2(w16, dsc, msc, x16, xd, px, xo, bo, out):
-    w16_4x2_nomins(w16, dsc, msc, x16, xd, px, xo, bo, out)
+def w16_4x2_nomins_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2_nomins(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
 
 
 @njit
-def w16_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, out):
-    w16_4x2_512(w16, dsc, msc, x16, xd, px, xo, bo, out)
+def w16_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
 
 
 @njit
-def w16_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, out):
-    w16_4x2_nomins_512(w16, dsc, msc, x16, xd, px, xo, bo, out)
+def w16_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2_nomins_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)

@@ -54,12 +54,12 @@ DOT16_SIG = types.float64(ROW, VEC, *(types.Array(types.int16, 1, "C", readonly=
 # s32 (K/32,) i32) -> sum_k w[k] * x[k], x given by activations.quantize32
 DOT32_SIG = types.float64(ROW, VEC, types.Array(types.int16, 1, "C", readonly=True), types.Array(types.int32, 1, "C", readonly=True))
 # Prefill (intdot.py): unpack(row, w16 (K,) i16, dsc (K/256,) f32, msc (K/32,) f32), then for four rows
-# (w16 (4K,), dsc (4K/256,), msc (4K/32,)) and two tokens (q16 at xo and xo + K, xd at bo and bo + K/256,
-# px, the sums of x over each 32, at 8 bo and 8 (bo + K/256)):
-# dot4x2(w16, dsc, msc, q16 (T*K,), xd (T*K/256,), px (T*K/32,), xo, bo, out (8,) f64), out[2 r + t] for row r, token t
+# (w16 (4K,), dsc (4K/256,), msc (4K/32,)) and tokens t < out.size / 4 (q16 at xo + t xs, xd at bo + t xs/256,
+# px, the sums of x over each 32, at 8 (bo + t xs/256)):
+# dot4x2(w16, dsc, msc, q16, xd, px, xo, bo, xs, out (8 J,) f64), out[8 j + 2 r + t] += row r . token 2 j + t
 UNPACK16_SIG = types.void(ROW, types.Array(types.int16, 1, "C"), OUT, OUT)
 W4X2_SIG = types.void(types.Array(types.int16, 1, "C"), OUT, OUT, types.Array(types.int16, 1, "C", readonly=True), VEC, VEC,
-                      types.int64, types.int64, types.Array(types.float64, 1, "C"))
+                      types.int64, types.int64, types.int64, types.Array(types.float64, 1, "C"))
 
 
 KERNEL = types.intp  # a row kernel's address (kernel_address), as the drivers take it

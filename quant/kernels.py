@@ -85,27 +85,47 @@ def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
             o2[i - n0 - n1] = _call_dot32(k2, (r2[i - n0 - n1], xd, q16, s32))
 
 
+@njit(inline="always")
+def _aligned_int16(n):
+    """An int16 array of n whose data starts on a 64-byte line, so that each 64-byte load of the AVX-512
+    kernels reads one cache line, not two."""
+    buf = np.empty(n + 32, np.int16)
+    skip = ((-buf.ctypes.data) % 64) // 2
+    return buf[skip:skip + n]
+
+
 @njit_parallel(types.void(KERNEL, KERNEL, ROWS,
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
-                         OUT2))
-def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out):
+                         OUT2, types.int64, types.int64))
+def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg):
     """x16 (T, K) with T even, xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd) -> out (T, N).
-    Rows go in fours (the last row repeated to fill the last four), each unpacked once, then meet the tokens
-    two at a time."""
+    A thread takes block_rows rows at a time and goes along K by segments of seg blocks: it unpacks its rows'
+    segment (block_rows x seg 256 int16, sized to stay in L2 beside the tokens' segment), then meets each four
+    of them (the last row repeated to fill the last four; 4 seg 512 bytes, in L1) with the tokens two at a
+    time. A (row, token) sums its segments' results in float64, in order."""
     n_t, k = x16.shape
     nb, n = k // 256, rows.shape[0]
+    bpb = rows.shape[1] // nb   # bytes per block
     xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
-    for rq in prange((n + 3) // 4):
-        w16, dsc, msc = np.empty(4 * k, np.int16), np.empty(4 * nb, np.float32), np.empty(32 * nb, np.float32)
-        res = np.empty(8, np.float64)
-        r0, count = 4 * rq, min(4, n - 4 * rq)
-        for i in range(4):
-            _call_unpack16(unpack, (rows[r0 + min(i, count - 1)], w16[i * k:(i + 1) * k], dsc[i * nb:(i + 1) * nb],
-                                    msc[8 * i * nb:8 * (i + 1) * nb]))
-        for t in range(0, n_t, 2):
-            _call_4x2(dot4x2, (w16, dsc, msc, xf, df, pf, t * k, t * nb, res))
-            for p in range(2 * count):
-                out[t + p % 2, r0 + p // 2] = res[p]
+    for task in prange((n + block_rows - 1) // block_rows):
+        r0 = task * block_rows
+        nr = min(block_rows, n - r0)
+        nq = (nr + 3) // 4
+        w16 = _aligned_int16(4 * nq * seg * 256)
+        dsc, msc = np.empty(4 * nq * seg, np.float32), np.empty(32 * nq * seg, np.float32)
+        acc = np.zeros((nq, 4 * n_t), np.float64)   # acc[q, 8 j + 2 r + t]: row 4 q + r, token 2 j + t
+        for b0 in range(0, nb, seg):
+            sb = min(seg, nb - b0)
+            ks = 256 * sb
+            for i in range(4 * nq):
+                _call_unpack16(unpack, (rows[r0 + min(i, nr - 1), b0 * bpb:(b0 + sb) * bpb], w16[i * ks:(i + 1) * ks],
+                                        dsc[i * sb:(i + 1) * sb], msc[8 * i * sb:8 * (i + 1) * sb]))
+            for q in range(nq):
+                _call_4x2(dot4x2, (w16[4 * q * ks:4 * (q + 1) * ks], dsc[4 * q * sb:4 * (q + 1) * sb], msc[32 * q * sb:32 * (q + 1) * sb],
+                                   xf, df, pf, 256 * b0, b0, k, acc[q]))
+        for t in range(n_t):   # along out's rows: by columns, each write would take a cache line of its own
+            for i in range(nr):
+                out[t, r0 + i] = acc[i // 4, 8 * (t // 2) + 2 * (i % 4) + t % 2]
 
 
 # Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
@@ -141,10 +161,10 @@ def _l2_bytes(default: int = 512 << 10) -> int:
     return default
 
 
-# Prefill: a tile of tokens whose 16-bit activations fill half of L2 meets each unpacked row (the rows and
-# the tokens of a call share the other half). Measured best: 256 KiB on Zen 3 (512 KiB L2), 512 KiB on
-# Zen 5 (1 MiB L2; Mistral ffn_down at T=256, 148 -> 190 GMAC/s against 256 KiB).
-TILE_BYTES = _l2_bytes() // 2
+# Prefill (_w16_rows): a thread's unpacked rows and the tokens' activations, both one segment of K long,
+# each fill a quarter of L2; a row block never shorter than 16 rows.
+TILE_BYTES = _l2_bytes() // 4
+SEG_BLOCKS = 8   # K segment of the prefill kernels, in blocks of 256: 4 rows of int16 take 16 KiB of L1
 
 
 @cache
@@ -283,8 +303,8 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
 
 
 def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
-    """Integer dot products for a tile of tokens at a time: each row is unpacked once per tile. Tokens
-    go two at a time: an odd count gets a zero token, whose results are dropped."""
+    """Integer dot products for a tile of tokens at a time (_w16_rows). Tokens go two at a time: an odd count
+    gets a zero token, whose results are dropped."""
     n_t = x.shape[0]
     if n_t % 2:
         x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])
@@ -292,10 +312,12 @@ def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     px = (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(xd, 8, axis=1)  # (T, K/32): sums of x over each 32
     unpack, dot4x2 = _prefill_kernels(w.ggml_type, INT_PATH)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    tile = max(8, TILE_BYTES // (2 * x.shape[1]) // 8 * 8)
+    seg_bytes = 2 * 256 * min(SEG_BLOCKS, x.shape[1] // 256)
+    tile = max(8, TILE_BYTES // seg_bytes // 8 * 8)
+    block_rows = max(16, TILE_BYTES // seg_bytes // 4 * 4)
     for t0 in range(0, x.shape[0], tile):   # each tile's results go straight to its rows of out
         t1 = min(x.shape[0], t0 + tile)
-        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1])
+        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1], block_rows, SEG_BLOCKS)
     return out[:n_t]
 
 

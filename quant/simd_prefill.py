@@ -6,8 +6,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .simd import (F32ARR, I8, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fold16, _i64, _lane_sum, _load_at,
-                   _loop, _ok, _Ops, _q6_k_quants, _splat)
+from .simd import (F32ARR, I8, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _i64, _lane_sum, _load_at, _loop, _ok,
+                   _Ops, _q6_k_quants)
 
 
 # --- prefill: unpack a block to int16 weights times scales (generic vector IR, any CPU) ---
@@ -73,74 +73,109 @@ def q6_k_unpack16(typingctx, row, o, w16, y):
 
 def _w16_4x2(wide, mins):
     @intrinsic
-    def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, out):
-        """Prefill, register-blocked: sum_L acc[L] (the integer dot in 8 lanes, then float32) for four rows and
-        two tokens. w16 (4K,) holds the rows unpacked (row r at r K), dsc (4 K/256,) their block scales; the
-        tokens' activations are x16[xo:xo+K], xd[bo:bo+K/256] and the next token's right after. out (8,) f64:
-        out[2 r + t] for row r, token t. Each x16 load serves several rows and each w16 load both tokens
-        (L2 bandwidth, where the tokens are, bound a one-pair loop at about one pmaddwd per cycle): AVX2 takes
-        the rows two at a time (16 vector registers), AVX-512 all four at once (32), 2 x16 loads per 8 vpdpwssd.
-        Per block, lane i of each half (128 weights) sums pmaddwd lane i over 8 chunks of 16 (exact in int32:
-        |w16| <= 4064, |q16| <= 32512); acc[i] += (f32(half 0) + f32(half 1)) * (xd * d), as intdot.w16_acc_loop.
-        mins (Q4_K): accm += msc[8 b:8 b + 8] * px[8 b:8 b + 8] per block, row r's msc at 8 r K/256, token t's
-        px at 8 (bo + t K/256); out = sum_L acc[L] - sum_L accm[L]."""
+    def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+        """Prefill, register-blocked: four rows by two tokens at a time, for out.size / 8 pairs of tokens. w16 (4K,)
+        holds the rows unpacked (row r at r K), dsc (4 K/256,) their block scales; token t's activations are
+        x16[xo + t xs:][:K], xd[bo + t xs/256:][:K/256] (xs: the tokens' stride, a multiple of 256). out f64:
+        out[8 j + 2 r + t'] += the dot of row r and token 2 j + t' (the caller sums K by segments).
+        Per block and pair, int32 lane i (i < 16) sums w16 q16 over elements 2i, 2i + 1 of each 32 (exact: 16
+        products of |w16| <= 4096, |q16| <= 32512), then acc[i] += f32(lane i) * (xd * d) in float32; the
+        result is tree8(acc[i] + acc[i + 8]) (_sum8x8). AVX-512 VNNI holds the 16 lanes in one register (one
+        vpdpwssd per 32 weights, four rows at once, 2 x16 loads per 8 vpdpwssd); AVX2 has half of them per
+        register and takes lanes 0..7 (elements 0..15 of each 32) and 8..15 in two passes, rows two at a time
+        (16 vector registers). mins (Q4_K): accm += msc[8 b:8 b + 8] * px[8 b:8 b + 8] per block, row r's msc
+        at 8 r K/256, token t's px at 8 (bo + t xs/256); the result is less tree8(accm), in float32."""
         if not (w16 in I16ARR and dsc in F32ARR and msc in F32ARR and x16 in I16ARR and xd in F32ARR and px in F32ARR
-                and isinstance(xo, types.Integer) and isinstance(bo, types.Integer) and out == types.Array(types.float64, 1, "C")):
+                and all(isinstance(a, types.Integer) for a in (xo, bo, xs)) and out == types.Array(types.float64, 1, "C")):
             return None
 
         def codegen(context, builder, sig, args):
             arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
             w_, dsc_, msc_, x_, xd_, px_, out_ = (a.data for a in arrs)
-            xo_, bo_ = _i64(builder, args[6]), _i64(builder, args[7])
+            xo0, bo0, xs_ = (_i64(builder, a) for a in args[6:9])
             k = builder.udiv(arrs[0].nitems, ir.Constant(I64, 4))
-            nb = builder.udiv(k, ir.Constant(I64, 256))
-            toks = (xo_, builder.add(xo_, k))
+            nb, xsb = builder.udiv(k, ir.Constant(I64, 256)), builder.udiv(xs_, ir.Constant(I64, 256))
             op = _Ops(context, builder)
-            width = 32 if wide else 16   # weights per multiply-add
-            vty, zero16 = ir.VectorType(I16, width), ir.Constant(ir.VectorType(I32, 16), [0] * 16)
-            for group in ((0, 1, 2, 3),) if wide else ((0, 1), (2, 3)):
-                pairs = [(wi, xi) for wi in group for xi in range(2)]
+            lanes = 16 if wide else 8
+            vf = ir.VectorType(ir.FloatType(), lanes)
+            zero_i, zero_f = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes), ir.Constant(vf, [0.0] * lanes)
+            groups = [((0, 1, 2, 3), None)] if wide else [(g, h) for g in ((0, 1), (2, 3)) for h in (0, 1)]
 
-                def step(b, accs):
-                    y = builder.mul(b, ir.Constant(I64, 256))
-                    halves = [[] for _ in pairs]
-                    for h in range(2):
-                        ints = [None] * len(pairs)
-                        for c in range(128 // width):
-                            e = builder.add(y, ir.Constant(I64, 128 * h + width * c))
+            def token_pair(j, _):
+                xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
+                bo_ = builder.add(bo0, builder.mul(j, builder.add(xsb, xsb)))
+                toks = (xo_, builder.add(xo_, xs_))
+                finals = {}
+                for group, half in groups:
+                    pairs = [(wi, xi) for wi in group for xi in range(2)]
+
+                    def step(b, accs):
+                        y = builder.mul(b, ir.Constant(I64, 256))
+                        ints = [zero_i] * len(pairs)
+                        for c in range(8):   # AVX-512: the 32 weights of chunk c; AVX2: 16 of them, by half
+                            e = builder.add(y, ir.Constant(I64, 32 * c + 16 * (half or 0)))
+                            vty = ir.VectorType(I16, 2 * lanes)
                             ws = {wi: _load_at(builder, w_, builder.add(builder.mul(k, ir.Constant(I64, wi)), e), vty) for wi in group}
-                            xs = [_load_at(builder, x_, builder.add(t, e), vty) for t in toks]
-                            for p, (wi, xi) in enumerate(pairs):
-                                if wide:
-                                    ints[p] = op.dpwssd(zero16 if ints[p] is None else ints[p], ws[wi], xs[xi])
-                                else:
-                                    m = op.madd(ws[wi], xs[xi])
-                                    ints[p] = m if ints[p] is None else builder.add(ints[p], m)
-                        for p in range(len(pairs)):   # AVX-512: lanes 8..15 hold chunks 2c + 1, folded onto 0..7
-                            halves[p].append(builder.sitofp(_fold16(builder, ints[p]) if wide else ints[p], V8F))
-                    xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, step_)), ir.FloatType()) for step_ in (ir.Constant(I64, 0), nb)]
-                    dsb = {wi: _load_at(builder, dsc_, builder.add(b, builder.mul(nb, ir.Constant(I64, wi))), ir.FloatType()) for wi in group}
-                    return [builder.fadd(accs[p], builder.fmul(builder.fadd(*halves[p]), _splat(builder, builder.fmul(xdb[xi], dsb[wi]))))
-                            for p, (wi, xi) in enumerate(pairs)]
+                            xv = [_load_at(builder, x_, builder.add(t, e), vty) for t in toks]
+                            ints = [op.dpwssd(ints[p], ws[wi], xv[xi]) if wide else builder.add(ints[p], op.madd(ws[wi], xv[xi]))
+                                    for p, (wi, xi) in enumerate(pairs)]
+                        xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, st)), ir.FloatType()) for st in (ir.Constant(I64, 0), xsb)]
+                        dsb = {wi: _load_at(builder, dsc_, builder.add(b, builder.mul(nb, ir.Constant(I64, wi))), ir.FloatType()) for wi in group}
+                        return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf),
+                                                                   _splat_n(builder, builder.fmul(xdb[xi], dsb[wi]), lanes)))
+                                for p, (wi, xi) in enumerate(pairs)]
+
+                    for p, acc in zip(pairs, _loop(builder, nb, [zero_f] * len(pairs), step)):
+                        finals.setdefault(p, []).append(acc)
 
                 def step_mins(b, accms):   # a loop of its own: in the one above, 8 more accumulators spilled
                     eight = lambda v: builder.mul(v, ir.Constant(I64, 8))  # noqa: E731
-                    ms = {wi: _load_at(builder, msc_, eight(builder.add(b, builder.mul(nb, ir.Constant(I64, wi)))), V8F) for wi in group}
-                    ps = [_load_at(builder, px_, eight(builder.add(builder.add(bo_, b), step_)), V8F) for step_ in (ir.Constant(I64, 0), nb)]
-                    return [builder.fadd(accms[p], builder.fmul(ms[wi], ps[xi])) for p, (wi, xi) in enumerate(pairs)]
+                    ms = [_load_at(builder, msc_, eight(builder.add(b, builder.mul(nb, ir.Constant(I64, wi)))), V8F) for wi in range(4)]
+                    ps = [_load_at(builder, px_, eight(builder.add(builder.add(bo_, b), st)), V8F) for st in (ir.Constant(I64, 0), xsb)]
+                    return [builder.fadd(accms[2 * wi + xi], builder.fmul(ms[wi], ps[xi])) for wi in range(4) for xi in range(2)]
 
-                zero = ir.Constant(V8F, [0.0] * 8)
-                finals = _loop(builder, nb, [zero] * len(pairs), step)
-                finals_m = _loop(builder, nb, [zero] * len(pairs), step_mins) if mins else None
-                for p, (wi, xi) in enumerate(pairs):
-                    total = _lane_sum(builder, finals[p])
-                    if mins:
-                        total = builder.fsub(total, _lane_sum(builder, finals_m[p]))
-                    builder.store(total, builder.gep(out_, [ir.Constant(I64, 2 * wi + xi)]))
+                # acc[i] + acc[i + 8]: AVX-512 folds its 16 lanes, AVX2 adds its two passes
+                sums = [_fold16f(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]
+                total = _sum8x8(builder, sums)
+                if mins:
+                    total = builder.fsub(total, _sum8x8(builder, _loop(builder, nb, [ir.Constant(V8F, [0.0] * 8)] * 8, step_mins)))
+                total = builder.fpext(total, ir.VectorType(ir.DoubleType(), 8))
+                for lane, p in enumerate(_SUM8X8_ORDER):   # out[8 j + p] += total[lane]
+                    ptr = builder.gep(out_, [builder.add(builder.mul(j, ir.Constant(I64, 8)), ir.Constant(I64, p))])
+                    builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(I32, lane))), ptr)
+                return []
+
+            _loop(builder, builder.udiv(arrs[6].nitems, ir.Constant(I64, 8)), [], token_pair)
             return context.get_dummy_value()
 
-        return types.none(w16, dsc, msc, x16, xd, px, xo, bo, out), codegen
+        return types.none(w16, dsc, msc, x16, xd, px, xo, bo, xs, out), codegen
     return w16_4x2
+
+
+def _splat_n(builder, f, n):   # float -> <n x float>
+    vty = ir.VectorType(ir.FloatType(), n)
+    return builder.shuffle_vector(builder.insert_element(ir.Constant(vty, None), f, ir.Constant(I32, 0)),
+                                  ir.Constant(vty, None), ir.Constant(ir.VectorType(I32, n), [0] * n))
+
+
+def _sum8x8(builder, vs):
+    """Eight <8 x float> -> <8 x float>: lane j the sum of vs[_SUM8X8_ORDER[j]], each by the tree
+    h4[i] = v[i] + v[i + 4], h2[i] = h4[i] + h4[i + 2], h2[0] + h2[1] (three shuffle-and-add steps, each over
+    all eight vectors at once, where eight horizontal sums took 8 x 24 scalar operations)."""
+    def step(a, b, lo, hi):
+        return builder.fadd(builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, 8), lo)),
+                            builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, 8), hi)))
+    b = [step(vs[2 * p], vs[2 * p + 1], [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]) for p in range(4)]
+    c = [step(b[2 * p], b[2 * p + 1], [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]) for p in range(2)]
+    return step(c[0], c[1], [0, 2, 8, 10, 4, 6, 12, 14], [1, 3, 9, 11, 5, 7, 13, 15])
+
+
+_SUM8X8_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+
+def _fold16f(builder, v):   # <16 x float> -> <8 x float>: v[i] + v[i + 8]
+    halves = [builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 8), list(range(h, h + 8)))) for h in (0, 8)]
+    return builder.fadd(*halves)
 
 
 w16_4x2, w16_4x2_nomins = _w16_4x2(False, True), _w16_4x2(False, False)

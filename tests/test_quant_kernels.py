@@ -103,7 +103,8 @@ def test_matmul_in_several_tiles(monkeypatch):
 @pytest.mark.parametrize("ggml_type", list(INT_KERNELS), ids=lambda t: t.name)
 def test_integer_path_vs_float64(ggml_type, monkeypatch):
     import quant.kernels as qk
-    monkeypatch.setattr(qk, "TILE_BYTES", 1 << 15)  # tiles of 16 tokens at K = 768
+    monkeypatch.setattr(qk, "TILE_BYTES", 1 << 14)   # prefill: tiles of 16 tokens, blocks of 16 rows,
+    monkeypatch.setattr(qk, "SEG_BLOCKS", 2)         # K = 768 in two segments (512, 256)
     w = random_tensor(ggml_type, (N, K), seed=11)
     wf = dequantize(w).astype(np.float64)
     rng = np.random.default_rng(12)
@@ -151,6 +152,7 @@ def test_portable_and_simd_paths_bit_identical(ggml_type, path, monkeypatch):
     from quant.simd import HAS_AVX2, HAS_AVX512
     if not {"avx2": HAS_AVX2, "avx512": HAS_AVX512}[path]:
         pytest.skip(f"this CPU cannot run the {path} kernels")
+    monkeypatch.setattr(qk, "SEG_BLOCKS", 2)   # prefill goes along K = 768 in two segments
     w = random_tensor(ggml_type, (N, K), seed=13)
     rng = np.random.default_rng(14)
     x, xs = rng.standard_normal(K).astype(np.float32), rng.standard_normal((5, K)).astype(np.float32)
