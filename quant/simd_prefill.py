@@ -99,34 +99,36 @@ def _w16_4x2(wide, mins):
             lanes = 16 if wide else 8
             vf = ir.VectorType(ir.FloatType(), lanes)
             zero_i, zero_f = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes), ir.Constant(vf, [0.0] * lanes)
-            groups = [((0, 1, 2, 3), None)] if wide else [(g, h) for g in ((0, 1), (2, 3)) for h in (0, 1)]
+            # AVX-512: all four rows, 32 weights a chunk; AVX2: two rows at a time, each 32 as two halves of 16
+            groups, halves = ([(0, 1, 2, 3)], (0,)) if wide else ([(0, 1), (2, 3)], (0, 1))
 
             def token_pair(j, _):
                 xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
                 bo_ = builder.add(bo0, builder.mul(j, builder.add(xsb, xsb)))
                 toks = (xo_, builder.add(xo_, xs_))
                 finals = {}
-                for group, half in groups:
-                    pairs = [(wi, xi) for wi in group for xi in range(2)]
+                vty = ir.VectorType(I16, 2 * lanes)
+                for group in groups:
+                    pairs = [(wi, xi, h) for wi in group for xi in range(2) for h in halves]
 
                     def step(b, accs):
                         y = builder.mul(b, ir.Constant(I64, 256))
                         ints = [zero_i] * len(pairs)
-                        for c in range(8):   # AVX-512: the 32 weights of chunk c; AVX2: 16 of them, by half
-                            e = builder.add(y, ir.Constant(I64, 32 * c + 16 * (half or 0)))
-                            vty = ir.VectorType(I16, 2 * lanes)
-                            ws = {wi: _load_at(builder, w_, builder.add(builder.mul(k, ir.Constant(I64, wi)), e), vty) for wi in group}
-                            xv = [_load_at(builder, x_, builder.add(t, e), vty) for t in toks]
-                            ints = [op.dpwssd(ints[p], ws[wi], xv[xi]) if wide else builder.add(ints[p], op.madd(ws[wi], xv[xi]))
-                                    for p, (wi, xi) in enumerate(pairs)]
+                        for c in range(8):
+                            es = [builder.add(y, ir.Constant(I64, 32 * c + 16 * h)) for h in halves]
+                            ws = {(wi, h): _load_at(builder, w_, builder.add(builder.mul(k, ir.Constant(I64, wi)), es[h]), vty)
+                                  for wi in group for h in halves}
+                            xv = {(xi, h): _load_at(builder, x_, builder.add(t, es[h]), vty) for xi, t in enumerate(toks) for h in halves}
+                            ints = [op.dpwssd(ints[p], ws[wi, h], xv[xi, h]) if wide else builder.add(ints[p], op.madd(ws[wi, h], xv[xi, h]))
+                                    for p, (wi, xi, h) in enumerate(pairs)]
                         xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, st)), ir.FloatType()) for st in (ir.Constant(I64, 0), xsb)]
                         dsb = {wi: _load_at(builder, dsc_, builder.add(b, builder.mul(nb, ir.Constant(I64, wi))), ir.FloatType()) for wi in group}
-                        return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf),
-                                                                   _splat_n(builder, builder.fmul(xdb[xi], dsb[wi]), lanes)))
-                                for p, (wi, xi) in enumerate(pairs)]
+                        scales = {(wi, xi): _splat_n(builder, builder.fmul(xdb[xi], dsb[wi]), lanes) for wi in group for xi in range(2)}
+                        return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf), scales[wi, xi]))
+                                for p, (wi, xi, h) in enumerate(pairs)]
 
-                    for p, acc in zip(pairs, _loop(builder, nb, [zero_f] * len(pairs), step)):
-                        finals.setdefault(p, []).append(acc)
+                    for (wi, xi, h), acc in zip(pairs, _loop(builder, nb, [zero_f] * len(pairs), step)):
+                        finals.setdefault((wi, xi), []).append(acc)
 
                 def step_mins(b, accms):   # a loop of its own: in the one above, 8 more accumulators spilled
                     eight = lambda v: builder.mul(v, ir.Constant(I64, 8))  # noqa: E731
