@@ -161,9 +161,9 @@ def _l2_bytes(default: int = 512 << 10) -> int:
     return default
 
 
-# Prefill (_w16_rows): a thread's unpacked rows and the tokens' activations, both one segment of K long,
-# each fill a quarter of L2; a row block never shorter than 16 rows.
-TILE_BYTES = _l2_bytes() // 4
+# Prefill (_w16_rows): the tokens' activations for one segment of K fill half of L2, a thread's unpacked rows
+# a quarter (Mistral at T=512, Zen 5, 1 MiB L2: 128 tokens x 64 rows beat 64 x 64 and 256 x 32 by 5-15%).
+TILE_BYTES = _l2_bytes() // 2
 SEG_BLOCKS = 8   # K segment of the prefill kernels, in blocks of 256: 4 rows of int16 take 16 KiB of L1
 
 
@@ -314,7 +314,7 @@ def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     seg_bytes = 2 * 256 * min(SEG_BLOCKS, x.shape[1] // 256)
     tile = max(8, TILE_BYTES // seg_bytes // 8 * 8)
-    block_rows = max(16, TILE_BYTES // seg_bytes // 4 * 4)
+    block_rows = max(16, TILE_BYTES // 2 // seg_bytes // 4 * 4)
     for t0 in range(0, x.shape[0], tile):   # each tile's results go straight to its rows of out
         t1 = min(x.shape[0], t0 + tile)
         _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1], block_rows, SEG_BLOCKS)
