@@ -272,7 +272,8 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
 
 
 @cache
-def _pool(workers: int) -> ThreadPoolExecutor:
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of Python threads for work that releases the GIL (BLAS, nogil kernels); one per size."""
     return ThreadPoolExecutor(workers, thread_name_prefix="gguf-runner-blas")
 
 
@@ -297,7 +298,7 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
             out[:, r0:r0 + ids.size] = x @ tile[:ids.size].T
 
     with blas_threads(1):
-        for f in [_pool(parts).submit(share, j) for j in range(parts)]:
+        for f in [thread_pool(parts).submit(share, j) for j in range(parts)]:
             f.result()
     return out
 
