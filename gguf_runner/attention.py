@@ -13,25 +13,10 @@ Results do not depend on the thread count: each task's work is the same whicheve
 import numpy as np
 from numba import get_num_threads, prange
 
-from quant.jit import FASTMATH, njit, njit_parallel, u32_as_f32
+from quant.jit import FASTMATH, exp_le0, njit, njit_parallel
 from quant.kernels import thread_pool
 
 QUERY_BLOCK = 64   # query tokens per prefill task
-
-
-@njit(inline="always", fastmath=FASTMATH)
-def _exp_le0(x):
-    """e^x for x <= 0 in float32, 0 below -87: x = n ln2 + f with |f| <= ln2 / 2 (ln2 in two parts, so f is
-    exact), e^f by its Taylor polynomial of degree 7, times 2^n made from its bits. Within 3e-7 relative;
-    unlike np.exp (a libm call per element), LLVM vectorizes a loop of it."""
-    xc = max(x, np.float32(-87.0))
-    n = np.float32(np.rint(xc * np.float32(1.4426950408889634)))
-    f = xc - n * np.float32(0.693145751953125) - n * np.float32(1.4286068203094173e-06)
-    p = np.float32(1 / 5040)
-    for c in (1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1.0, 1.0):
-        p = p * f + np.float32(c)
-    e = p * u32_as_f32((np.int32(n) + np.int32(127)) << np.int32(23))
-    return e if x >= np.float32(-87.0) else np.float32(0)
 
 
 @njit(nogil=True, fastmath=FASTMATH)
@@ -46,7 +31,7 @@ def _softmax_rows(s, allowed, r, scale):
                 top = max(top, row[j])
         total = np.float32(0)
         for j in range(row.size):
-            e = _exp_le0((row[j] - top) * scale)
+            e = exp_le0((row[j] - top) * scale)
             row[j] = e if seen[j] else np.float32(0)
             total += row[j]
         inv = np.float32(1) / total if total > 0 else np.float32(0)

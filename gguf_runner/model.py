@@ -7,8 +7,10 @@ The model never sees quantization: it calls matmul(w, x) on whatever type w is.
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from quant import get_rows, matmul, matmuls
+from quant.jit import FASTMATH, exp_le0, njit_parallel
 
 from .args import ModelArgs
 from .attention import attend
@@ -20,8 +22,21 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:   # (T, D)
     return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)) * w
 
 
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
+@njit_parallel(fastmath=FASTMATH)
+def _silu_mul(g, u, out):
+    """out = silu(g) * u, (T, F) each, in one pass on the threads (numpy's five passes on one thread took
+    0.5 s of a Mistral pp512). sigmoid(x) = 1 / (1 + e) for x >= 0, else e / (1 + e), with e = exp(-|x|)."""
+    for t in prange(g.shape[0]):
+        for i in range(g.shape[1]):
+            x = g[t, i]
+            e = exp_le0(-abs(x))
+            out[t, i] = x * ((np.float32(1) if x >= 0 else e) / (np.float32(1) + e)) * u[t, i]
+
+
+def silu_mul(g: np.ndarray, u: np.ndarray) -> np.ndarray:   # (T, F), (T, F) -> (T, F)
+    out = np.empty(g.shape, np.float32)
+    _silu_mul(np.ascontiguousarray(g, np.float32), np.ascontiguousarray(u, np.float32), out)
+    return out
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -80,7 +95,7 @@ class Transformer:
 
     def swiglu(self, gate, up, down, h: np.ndarray) -> np.ndarray:                  # (T, D) -> (T, D)
         g, u = matmuls([gate, up], h)
-        return matmul(down, silu(g) * u)
+        return matmul(down, silu_mul(g, u))
 
     def dense(self, i: int, h: np.ndarray) -> np.ndarray:
         w = self.w
