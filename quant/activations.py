@@ -14,7 +14,9 @@ activation reads; weights, the memory-bound part, are read once either way.
 """
 import numpy as np
 
-from .jit import njit, u32_as_f32
+from numba import prange
+
+from .jit import njit, njit_parallel, u32_as_f32
 
 BLOCK = 256
 QMAX = 32512  # 127 * 256: hi stays within int8
@@ -92,12 +94,6 @@ def quantize(x, d, q16, qp, hi, lo, bsums):
             qp[y + i] = q16[y + QP_ORDER[i]]
 
 
-@njit
-def quantize_rows(x, d, q16, qp, hi, lo, bsums):
-    for t in range(x.shape[0]):
-        quantize(x[t], d[t], q16[t], qp[t], hi[t], lo[t], bsums[t])
-
-
 def empty_aligned(shape, dtype) -> np.ndarray:
     """np.empty whose data starts on a 64-byte cache line (numpy's large allocations are 16 past a page): the
     AVX-512 prefill kernel's 64-byte loads of q16 then read one line each."""
@@ -108,14 +104,39 @@ def empty_aligned(shape, dtype) -> np.ndarray:
 
 
 def quantize_activations(x: np.ndarray):
-    """x (K,) or (T, K) float32 contiguous -> (d, q16, qp, hi, lo, bsums) as in quantize_reference,
-    with the leading T axis on each if x has one."""
-    lead, k = x.shape[:-1], x.shape[-1]
-    d, bsums = np.empty((*lead, k // BLOCK), np.float32), np.empty((*lead, k // 16), np.int32)
-    q16, qp = empty_aligned(x.shape, np.int16), np.empty(x.shape, np.int16)
-    hi, lo = np.empty(x.shape, np.int8), np.empty(x.shape, np.int8)
-    (quantize_rows if lead else quantize)(x, d, q16, qp, hi, lo, bsums)
+    """x (K,) float32 contiguous -> (d, q16, qp, hi, lo, bsums) as in quantize_reference."""
+    k = x.size
+    d, bsums = np.empty(k // BLOCK, np.float32), np.empty(k // 16, np.int32)
+    q16, qp = np.empty(k, np.int16), np.empty(k, np.int16)
+    hi, lo = np.empty(k, np.int8), np.empty(k, np.int8)
+    quantize(x, d, q16, qp, hi, lo, bsums)
     return d, q16, qp, hi, lo, bsums
+
+
+# --- prefill: q16 and d as quantize gives them, and px = d * (sum of the 32 q16) per 32, tokens in parallel ---
+
+@njit_parallel
+def _quantize_prefill(x, d, q16, px):
+    for t in prange(x.shape[0]):
+        bits = x[t].view(np.uint32)
+        for b in range(x.shape[1] // BLOCK):
+            d[t, b], inv = _block_scale(bits, b * BLOCK, BLOCK)
+            for j in range(8 * b, 8 * b + 8):
+                s = np.int32(0)
+                for i in range(32 * j, 32 * j + 32):
+                    q = _round(x[t, i], inv)
+                    q16[t, i] = q
+                    s += q
+                px[t, j] = np.float32(s) * d[t, b]
+
+
+def quantize_prefill(x: np.ndarray):
+    """x (T, K) float32 contiguous, K % 256 == 0 -> d (T, K/256) f32 and q16 (T, K) int16 (cache-line aligned)
+    as quantize_activations gives them, px (T, K/32) f32: the sums of q16 over each 32 times d."""
+    t, k = x.shape
+    d, q16, px = np.empty((t, k // BLOCK), np.float32), empty_aligned((t, k), np.int16), np.empty((t, k // 32), np.float32)
+    _quantize_prefill(x, d, q16, px)
+    return d, q16, px
 
 
 # --- per 32 (the row types with blocks of 32: Q4_0, Q4_1, Q8_0 when K is not a multiple of 256) ---

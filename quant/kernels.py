@@ -15,7 +15,7 @@ from numba import get_num_threads, prange, types
 from gguf import GGMLQuantizationType as T
 
 from . import intdot
-from .activations import quantize_activations, quantize_activations32
+from .activations import quantize_activations, quantize_activations32, quantize_prefill
 from .formats import FORMATS
 from .jit import (DEQUANT_SIG, DOT16_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
                   blas_threads, kernel_address, njit, njit_parallel, pointer_call)
@@ -239,13 +239,17 @@ _NO_ROWS, _NO_OUT = np.empty((0, 1), np.uint8), np.empty(0, np.float32)
 def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> list[np.ndarray]:
     """[matmul(w, x) for w in ws] for one to three matrices with the same K (a layer's q, k, v, or gate
     and up). For one token whose matrices share an integer scheme, in one pass: x quantized once and
-    the rows of all of them in one parallel loop, one kernel launch instead of three."""
+    the rows of all of them in one parallel loop, one kernel launch instead of three. For a chunk of
+    tokens and integer prefill matrices: x quantized once."""
     if not 1 <= len(ws) <= 3:
         raise ValueError(f"matmuls takes one to three matrices, got {len(ws)}")
     ks = {_matrix(w, "matmuls")[1] for w in ws}
     if len(ks) != 1:
         raise ValueError(f"matmuls: the matrices must share K, got {sorted(ks)}")
     x = _activations(x, ks.pop(), 2, "matmuls")
+    if x.shape[0] > 1 and not exact and all(_UNPACK.get(w.ggml_type) for w in ws):   # integer prefill: quantize x once
+        acts = _prefill_activations(x)
+        return [_int_matmul(w, acts) for w in ws]
     schemes = {None if exact else _int_scheme(w) for w in ws}
     if x.shape[0] != 1 or len(ws) == 1 or schemes not in ({256}, {32}):
         return [matmul(w, x, exact) for w in ws]
@@ -267,7 +271,7 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     if x.shape[0] == 1:
         return matvec(w, x[0], exact)[None, :]
     if not exact and _UNPACK.get(w.ggml_type):
-        return _int_matmul(w, x)
+        return _int_matmul(w, _prefill_activations(x))
     return _blas_matmul(w, x)
 
 
@@ -303,21 +307,25 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _int_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
-    """Integer dot products for a tile of tokens at a time (_w16_rows). Tokens go two at a time: an odd count
-    gets a zero token, whose results are dropped."""
+def _prefill_activations(x: np.ndarray):
+    """(T, K) -> (T', acts) for _int_matmul: T' = T rounded up to even (the kernels take tokens two at a time;
+    a zero token fills an odd count, its results dropped), acts = activations.quantize_prefill of them."""
     n_t = x.shape[0]
     if n_t % 2:
         x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])
-    xd, q16, _, _, _, bsums = quantize_activations(x)
-    px = (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(xd, 8, axis=1)  # (T, K/32): sums of x over each 32
+    return n_t, quantize_prefill(x)
+
+
+def _int_matmul(w: QuantizedTensor, acts) -> np.ndarray:
+    """Integer dot products, for a tile of tokens at a time (_w16_rows)."""
+    n_t, (xd, q16, px) = acts
     unpack, dot4x2 = _prefill_kernels(w.ggml_type, INT_PATH)
-    out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    seg_bytes = 2 * 256 * min(SEG_BLOCKS, x.shape[1] // 256)
+    out = np.empty((q16.shape[0], w.shape[0]), np.float32)
+    seg_bytes = 2 * 256 * min(SEG_BLOCKS, q16.shape[1] // 256)
     tile = max(8, TILE_BYTES // seg_bytes // 8 * 8)
     block_rows = max(16, TILE_BYTES // 2 // seg_bytes // 4 * 4)
-    for t0 in range(0, x.shape[0], tile):   # each tile's results go straight to its rows of out
-        t1 = min(x.shape[0], t0 + tile)
+    for t0 in range(0, q16.shape[0], tile):   # each tile's results go straight to its rows of out
+        t1 = min(q16.shape[0], t0 + tile)
         _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1], block_rows, SEG_BLOCKS)
     return out[:n_t]
 
