@@ -24,7 +24,7 @@ from .jit import half_to_f32, njit
 from .q6_k import quant
 from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q4_k_row, q4_k_row512, q5_k_row, q5_k_row512, q6_k_row,
                    q6_k_row512, q8_0_row, q8_0_row32)
-from .simd_prefill import q4_k_unpack16, q6_k_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512
+from .simd_prefill import mins8, q4_k_unpack16, q6_k_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -240,9 +240,8 @@ def unpack_q4_k(row, w16, dsc, msc):
         o = b * Q4_K_BYTES
         prefetch_block(row, o, Q4_K_BYTES)
         sc, mn = q4_k_scales(w32, o // 4 + 1)
-        dsc[b], dmin = half_to_f32(f16_bits(row, o)), half_to_f32(f16_bits(row, o + 2))
-        for s in range(8):
-            msc[8 * b + s] = dmin * np.float32((mn >> np.uint64(8 * s)) & np.uint64(255))
+        dsc[b] = half_to_f32(f16_bits(row, o))
+        mins8(mn, half_to_f32(f16_bits(row, o + 2)), msc, 8 * b)
         q4_k_unpack16(row, o, sc, w16, b * BLOCK)
 
 

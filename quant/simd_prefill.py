@@ -46,6 +46,26 @@ def q4_k_unpack16(typingctx, row, o, sc, w16, y):
 
 
 @intrinsic
+def mins8(typingctx, mn, dmin, msc, y):
+    """msc[y + s] = dmin * float32(byte s of mn), s < 8: a Q4_K block's mins, in vector code (the scalar
+    loop was a quarter of the unpack)."""
+    if not (isinstance(mn, types.Integer) and dmin == types.float32 and msc in F32ARR and isinstance(y, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        mn_, dmin_, msc_, y_ = args
+        mp = context.make_array(sig.args[2])(context, builder, msc_).data
+        v8f = ir.VectorType(ir.FloatType(), 8)
+        m = builder.uitofp(builder.bitcast(_i64(builder, mn_), ir.VectorType(I8, 8)), v8f)
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v8f, None), dmin_, ir.Constant(I32, 0)),
+                                       ir.Constant(v8f, None), ir.Constant(ir.VectorType(I32, 8), [0] * 8))
+        _store_at(builder, mp, _i64(builder, y_), builder.fmul(splat, m))
+        return context.get_dummy_value()
+
+    return types.none(mn, dmin, msc, y), codegen
+
+
+@intrinsic
 def q6_k_unpack16(typingctx, row, o, w16, y):
     """w16[y + e] = scale[e // 16] * (u - 32) (int16) for the 256 weights of the Q6_K block row[o:o+210]."""
     if not (_ok(row) and w16 == I16ARR_W and isinstance(o, types.Integer) and isinstance(y, types.Integer)):
