@@ -308,8 +308,8 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
 
 
 def _prefill_activations(x: np.ndarray):
-    """(T, K) -> (T', acts) for _int_matmul: T' = T rounded up to even (the kernels take tokens two at a time;
-    a zero token fills an odd count, its results dropped), acts = activations.quantize_prefill of them."""
+    """(T, K) -> (T, acts) for _int_matmul: acts = activations.quantize_prefill of x, with a zero token after
+    an odd count (the kernels take tokens two at a time; its results are dropped)."""
     n_t = x.shape[0]
     if n_t % 2:
         x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])

@@ -101,9 +101,9 @@ def _w16_4x2(wide, mins):
         Per block and pair, int32 lane i (i < 16) sums w16 q16 over elements 2i, 2i + 1 of each 32 (exact: 16
         products of |w16| <= 4096, |q16| <= 32512), then acc[i] += f32(lane i) * (xd * d) in float32; the
         result is tree8(acc[i] + acc[i + 8]) (_sum8x8). AVX-512 VNNI holds the 16 lanes in one register (one
-        vpdpwssd per 32 weights, four rows at once, 2 x16 loads per 8 vpdpwssd); AVX2 has half of them per
-        register and takes lanes 0..7 (elements 0..15 of each 32) and 8..15 in two passes, rows two at a time
-        (16 vector registers). mins (Q4_K): accm += msc[8 b:8 b + 8] * px[8 b:8 b + 8] per block, row r's msc
+        vpdpwssd per 32 weights, four rows at once, 2 x16 loads per 8 vpdpwssd); AVX2 holds them in two (lanes
+        0..7 from elements 0..15 of each 32, lanes 8..15 from 16..31) and takes the rows two at a time (8 int32
+        and 8 float32 accumulators in 16 vector registers). mins (Q4_K): accm += msc[8 b:8 b + 8] * px[8 b:8 b + 8] per block, row r's msc
         at 8 r K/256, token t's px at 8 (bo + t xs/256); the result is less tree8(accm), in float32."""
         if not (w16 in I16ARR and dsc in F32ARR and msc in F32ARR and x16 in I16ARR and xd in F32ARR and px in F32ARR
                 and all(isinstance(a, types.Integer) for a in (xo, bo, xs)) and out == types.Array(types.float64, 1, "C")):
