@@ -1,4 +1,5 @@
-"""Activation quantization for the integer dot products of K-quant weights (decode).
+"""Activation quantization for the integer dot products of K-quant weights (decode: quantize; prefill:
+quantize_prefill, the same d and q16 for a chunk of tokens).
 
 Per block of 256 activations (a K-quant super-block): d = max|x| / 32512 (float32), and
 q16[e] = rint(x[e] / d) in [-32512, 32512], stored four ways: q16 itself (portable loops, Q8_0); qp,
