@@ -233,27 +233,33 @@ def dot32_q8_0_avx2(row, xd, x16, s32):
 # --- prefill: each row unpacked once to int16, then one dot product per token ---
 
 @njit
-def unpack_q4_k(row, w16, dsc, msc):
-    """A Q4_K row -> w16 (K,) int16 = q * scale[s], dsc (K/256,) = d, msc (K/32,) = dmin * min[s]."""
-    w32 = row.view(np.uint32)
-    for b in range(row.size // Q4_K_BYTES):
-        o = b * Q4_K_BYTES
-        prefetch_block(row, o, Q4_K_BYTES)
-        sc, mn = q4_k_scales(w32, o // 4 + 1)
-        dsc[b] = half_to_f32(f16_bits(row, o))
-        mins8(mn, half_to_f32(f16_bits(row, o + 2)), msc, 8 * b)
-        q4_k_unpack16(row, o, sc, w16, b * BLOCK)
+def unpack_q4_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
+    """Blocks b0 .. b0 + sb of rows r0 .. r0 + nr - 1 (n_out of them, the last one repeated) -> w16 int16 =
+    q * scale[s] (row i at 256 sb i), dsc = d (row i at sb i), msc = dmin * min[s] (at 8 sb i). One call for
+    many rows: a call per row (four sliced arrays, their reference counts) cost as much as unpacking it."""
+    for i in range(n_out):
+        row = rows[r0 + min(i, nr - 1)]
+        w32 = row.view(np.uint32)
+        for b in range(sb):
+            o, j = (b0 + b) * Q4_K_BYTES, i * sb + b
+            prefetch_block(row, o, Q4_K_BYTES)
+            sc, mn = q4_k_scales(w32, o // 4 + 1)
+            dsc[j] = half_to_f32(f16_bits(row, o))
+            mins8(mn, half_to_f32(f16_bits(row, o + 2)), msc, 8 * j)
+            q4_k_unpack16(row, o, sc, w16, j * BLOCK)
 
 
 @njit
-def unpack_q6_k(row, w16, dsc, msc):
-    """A Q6_K row -> w16 (K,) int16 = scale[j] * q (signed), dsc (K/256,) = d, msc zeros."""
-    msc[:] = 0
-    for b in range(row.size // Q6_K_BYTES):
-        o = b * Q6_K_BYTES
-        prefetch_block(row, o, Q6_K_BYTES)
-        dsc[b] = half_to_f32(f16_bits(row, o + 208))
-        q6_k_unpack16(row, o, w16, b * BLOCK)
+def unpack_q6_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
+    """As unpack_q4_k for Q6_K rows: w16 = scale[j] * q (signed), dsc = d, msc zeros."""
+    msc[:8 * n_out * sb] = 0
+    for i in range(n_out):
+        row = rows[r0 + min(i, nr - 1)]
+        for b in range(sb):
+            o, j = (b0 + b) * Q6_K_BYTES, i * sb + b
+            prefetch_block(row, o, Q6_K_BYTES)
+            dsc[j] = half_to_f32(f16_bits(row, o + 208))
+            q6_k_unpack16(row, o, w16, j * BLOCK)
 
 
 @njit(inline="always")

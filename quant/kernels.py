@@ -105,7 +105,6 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg):
     time. A (row, token) sums its segments' results in float64, in order."""
     n_t, k = x16.shape
     nb, n = k // 256, rows.shape[0]
-    bpb = rows.shape[1] // nb   # bytes per block
     xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
     for task in prange((n + block_rows - 1) // block_rows):
         r0 = task * block_rows
@@ -117,9 +116,7 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg):
         for b0 in range(0, nb, seg):
             sb = min(seg, nb - b0)
             ks = 256 * sb
-            for i in range(4 * nq):
-                _call_unpack16(unpack, (rows[r0 + min(i, nr - 1), b0 * bpb:(b0 + sb) * bpb], w16[i * ks:(i + 1) * ks],
-                                        dsc[i * sb:(i + 1) * sb], msc[8 * i * sb:8 * (i + 1) * sb]))
+            _call_unpack16(unpack, (rows, r0, nr, 4 * nq, b0, sb, w16, dsc, msc))
             for q in range(nq):
                 _call_4x2(dot4x2, (w16[4 * q * ks:4 * (q + 1) * ks], dsc[4 * q * sb:4 * (q + 1) * sb], msc[32 * q * sb:32 * (q + 1) * sb],
                                    xf, df, pf, 256 * b0, b0, k, acc[q]))
@@ -236,6 +233,16 @@ def _int_scheme(w: QuantizedTensor) -> int | None:
 _NO_ROWS, _NO_OUT = np.empty((0, 1), np.uint8), np.empty(0, np.float32)
 
 
+def _matvec_below(w: QuantizedTensor, exact: bool) -> int:
+    """Chunks of fewer tokens than this go through w's matvec, token by token: its decode kernel reads the rows
+    again for each token (from cache), where the prefill kernel first unpacks each row (as much work as ~3
+    tokens' decode) and the sgemm path dequantizes it (as much as ~20). Mixtral shapes, Zen 5, 2 threads:
+    expert ffn_gate Q4_K at T=2 2.45 -> 1.36 ms, attn_output Q5_K at T=8 3.44 -> 1.74 ms, even at T=32."""
+    if exact or _int_scheme(w) is None:
+        return 2
+    return 4 if _UNPACK.get(w.ggml_type) else 24
+
+
 def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> list[np.ndarray]:
     """[matmul(w, x) for w in ws] for one to three matrices with the same K (a layer's q, k, v, or gate
     and up). For one token whose matrices share an integer scheme, in one pass: x quantized once and
@@ -247,6 +254,9 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
     if len(ks) != 1:
         raise ValueError(f"matmuls: the matrices must share K, got {sorted(ks)}")
     x = _activations(x, ks.pop(), 2, "matmuls")
+    if 1 < x.shape[0] < min(_matvec_below(w, exact) for w in ws):   # token by token, each in one pass
+        per_token = [matmuls(ws, v[None], exact) for v in x]
+        return [np.concatenate(outs) for outs in zip(*per_token)]
     if x.shape[0] > 1 and not exact and all(_UNPACK.get(w.ggml_type) for w in ws):   # integer prefill: quantize x once
         acts = _prefill_activations(x)
         return [_int_matmul(w, acts) for w in ws]
@@ -262,14 +272,14 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
 
 
 def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray:
-    """x (T, K) @ w.T -> float32 (T, N). T == 1 is matvec. Q4_K and Q6_K rows are unpacked to int16 once
+    """x (T, K) @ w.T -> float32 (T, N). A few tokens go through matvec (_matvec_below). Q4_K and Q6_K rows are unpacked to int16 once
     per tile of tokens and meet them in integer dot products (_int_matmul; unless exact). Other types:
     _blas_matmul. (Integer prefill beat dequantize + BLAS at every T measured on Zen 5, 2 threads: Mistral
     pp64 16.8 against 7.5 tok/s with AVX2 kernels, 20.5 with AVX-512.)"""
     n, k = _matrix(w, "matmul")
     x = _activations(x, k, 2, "matmul")
-    if x.shape[0] == 1:
-        return matvec(w, x[0], exact)[None, :]
+    if x.shape[0] < _matvec_below(w, exact):
+        return np.stack([matvec(w, v, exact) for v in x])
     if not exact and _UNPACK.get(w.ggml_type):
         return _int_matmul(w, _prefill_activations(x))
     return _blas_matmul(w, x)

@@ -164,6 +164,21 @@ def test_portable_and_simd_paths_bit_identical(ggml_type, path, monkeypatch):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
+@pytest.mark.parametrize("ggml_type, below", [(T.Q4_K, 4), (T.Q8_0, 24)], ids=["Q4_K", "Q8_0"])
+def test_small_chunks_go_token_by_token(ggml_type, below):
+    """Below kernels._matvec_below tokens, matmul and matmuls give each token's matvec, bit for bit; at it,
+    the chunk's own path (integer prefill for Q4_K, dequantize + sgemm for Q8_0) runs instead."""
+    w = random_tensor(ggml_type, (N, K), seed=17)
+    xs = np.random.default_rng(18).standard_normal((below, K)).astype(np.float32)
+    by_token = np.stack([matvec(w, v) for v in xs])
+    np.testing.assert_array_equal(matmul(w, xs[:below - 1]), by_token[:below - 1])
+    for y in matmuls([w, w], xs[:below - 1]):
+        np.testing.assert_array_equal(y, by_token[:below - 1])
+    chunk = matmul(w, xs)
+    assert not np.array_equal(chunk, by_token)
+    assert_close(chunk, by_token.astype(np.float64), f"{ggml_type.name} T={below}", rel=1e-3)
+
+
 def test_prefill_quantization_matches_decode_quantization():
     """activations.quantize_prefill (tokens in parallel): the d and q16 of quantize_activations, px the sums of
     q16 over each 32 times d, q16 on a cache line."""
@@ -307,7 +322,7 @@ def test_second_process_compiles_nothing():
     earlier run, filled the cache)."""
     for ggml_type in SUPPORTED_TYPES:  # make sure every kernel is in the cache
         for exact in (False, True):
-            matmul(random_tensor(ggml_type, (3, K)), np.ones((2, K), np.float32), exact=exact)
+            matmul(random_tensor(ggml_type, (3, K)), np.ones((24, K), np.float32), exact=exact)   # 24: not token by token
             matvec(random_tensor(ggml_type, (3, K)), np.ones(K, np.float32), exact=exact)
     for ggml_type in _DECODE32:
         matvec(random_tensor(ggml_type, (3, 96)), np.ones(96, np.float32))
@@ -322,8 +337,8 @@ def test_second_process_compiles_nothing():
         from quant.kernels import _dequantize_rows, _dequantize_rows_serial, _dot_rows, _dot16_rows, _dot32_rows, _w16_rows
         for t, fmt in FORMATS.items():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
-            matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((2, 768), np.float32))
-            matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((2, 768), np.float32), exact=True)
+            matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((24, 768), np.float32))
+            matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((24, 768), np.float32), exact=True)
         for t in qk._DECODE32:   # K = 96: blocks of 32 only
             w = QuantizedTensor("w", t, (3, 96), np.zeros((3, 3 * FORMATS[t].BYTES), np.uint8))
             matvec(w, np.ones(96, np.float32)); qk.matmuls([w, w], np.ones((1, 96), np.float32))
