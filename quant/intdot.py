@@ -291,13 +291,16 @@ def _tree8(v):
 
 @njit(inline="always")
 def w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins):
-    """Portable simd_prefill.w16_4x2: rows r = w16[r K:(r + 1) K], token pair j at xo + 2 j xs and xo + (2 j + 1) xs."""
-    k, nb = w16.size // 4, w16.size // 4 // BLOCK
-    for j in range(out.size // 8):
-        for p in range(8):
-            r, t = p // 2, 2 * j + p % 2
-            out[8 * j + p] += w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[8 * r * nb:8 * (r + 1) * nb],
-                                           x16, xd, px, xo + t * xs, bo + t * (xs // BLOCK), mins)
+    """Portable simd_prefill.w16_4x2: rows 4 q + r = w16[(4 q + r) K:][:K], token pair j at xo + 2 j xs and xo + (2 j + 1) xs."""
+    n_rows = 4 * out.shape[0]
+    k = w16.size // n_rows
+    nb = k // BLOCK
+    for q in range(out.shape[0]):
+        for j in range(out.shape[1] // 8):
+            for p in range(8):
+                r, t = 4 * q + p // 2, 2 * j + p % 2
+                out[q, 8 * j + p] += w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[8 * r * nb:8 * (r + 1) * nb],
+                                                  x16, xd, px, xo + t * xs, bo + t * (xs // BLOCK), mins)
 
 
 @njit

@@ -55,12 +55,12 @@ DOT16_SIG = types.float64(ROW, VEC, *(types.Array(types.int16, 1, "C", readonly=
 DOT32_SIG = types.float64(ROW, VEC, types.Array(types.int16, 1, "C", readonly=True), types.Array(types.int32, 1, "C", readonly=True))
 # Prefill (intdot.py): unpack(rows, r0, nr, n_out, b0, sb, w16 i16, dsc f32, msc f32) (blocks b0 .. b0 + sb of
 # n_out rows from r0, the last of nr repeated: K = 256 sb below), then for four rows
-# (w16 (4K,), dsc (4K/256,), msc (4K/32,)) and tokens t < out.size / 4 (q16 at xo + t xs, xd at bo + t xs/256,
-# px, the sums of x over each 32, at 8 (bo + t xs/256)):
-# dot4x2(w16, dsc, msc, q16, xd, px, xo, bo, xs, out (8 J,) f64), out[8 j + 2 r + t] += row r . token 2 j + t
+# (w16 (4QK,), dsc (4QK/256,), msc (4QK/32,)) and tokens t < out.shape[1] / 4 (q16 at xo + t xs, xd at
+# bo + t xs/256, px, the sums of x over each 32, at 8 (bo + t xs/256)): dot4x2(w16, dsc, msc, q16, xd, px,
+# xo, bo, xs, out (Q, 8 J) f64), out[q, 8 j + 2 r + t] += row 4 q + r . token 2 j + t
 UNPACK16_SIG = types.void(ROWS, *(types.int64,) * 5, types.Array(types.int16, 1, "C"), OUT, OUT)
 W4X2_SIG = types.void(types.Array(types.int16, 1, "C"), OUT, OUT, types.Array(types.int16, 1, "C", readonly=True), VEC, VEC,
-                      types.int64, types.int64, types.int64, types.Array(types.float64, 1, "C"))
+                      types.int64, types.int64, types.int64, types.Array(types.float64, 2, "C"))
 
 
 KERNEL = types.intp  # a row kernel's address (kernel_address), as the drivers take it

@@ -117,9 +117,7 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg):
             sb = min(seg, nb - b0)
             ks = 256 * sb
             _call_unpack16(unpack, (rows, r0, nr, 4 * nq, b0, sb, w16, dsc, msc))
-            for q in range(nq):
-                _call_4x2(dot4x2, (w16[4 * q * ks:4 * (q + 1) * ks], dsc[4 * q * sb:4 * (q + 1) * sb], msc[32 * q * sb:32 * (q + 1) * sb],
-                                   xf, df, pf, 256 * b0, b0, k, acc[q]))
+            _call_4x2(dot4x2, (w16[:4 * nq * ks], dsc[:4 * nq * sb], msc[:32 * nq * sb], xf, df, pf, 256 * b0, b0, k, acc))
         for t in range(n_t):   # along out's rows: by columns, each write would take a cache line of its own
             for i in range(nr):
                 out[t, r0 + i] = acc[i // 4, 8 * (t // 2) + 2 * (i % 4) + t % 2]

@@ -4,6 +4,7 @@ lanes-then-float32 scheme of simd.py's decode kernels; intdot.py has the portabl
 """
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .simd import (F32ARR, I8, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _i64, _lane_sum, _load_at, _loop, _ok,
@@ -94,10 +95,11 @@ def q6_k_unpack16(typingctx, row, o, w16, y):
 def _w16_4x2(wide, mins):
     @intrinsic
     def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-        """Prefill, register-blocked: four rows by two tokens at a time, for out.size / 8 pairs of tokens. w16 (4K,)
-        holds the rows unpacked (row r at r K), dsc (4 K/256,) their block scales; token t's activations are
-        x16[xo + t xs:][:K], xd[bo + t xs/256:][:K/256] (xs: the tokens' stride, a multiple of 256). out f64:
-        out[8 j + 2 r + t'] += the dot of row r and token 2 j + t' (the caller sums K by segments).
+        """Prefill, register-blocked: four rows by two tokens at a time, for out.shape[0] fours of rows and
+        out.shape[1] / 8 pairs of tokens. w16 (4 Q K,) holds the rows unpacked (row r at r K), dsc (4 Q K/256,)
+        their block scales, msc (32 Q K/256,) Q4_K's mins; token t's activations are x16[xo + t xs:][:K],
+        xd[bo + t xs/256:][:K/256] (xs: the tokens' stride, a multiple of 256). out (Q, 8 J) f64:
+        out[q, 8 j + 2 r + t'] += the dot of row 4 q + r and token 2 j + t' (the caller sums K by segments).
         Per block and pair, int32 lane i (i < 16) sums w16 q16 over elements 2i, 2i + 1 of each 32 (exact: 16
         products of |w16| <= 4096, |q16| <= 32512), then acc[i] += f32(lane i) * (xd * d) in float32; the
         result is tree8(acc[i] + acc[i + 8]) (_sum8x8). AVX-512 VNNI holds the 16 lanes in one register (one
@@ -106,14 +108,15 @@ def _w16_4x2(wide, mins):
         and 8 float32 accumulators in 16 vector registers). mins (Q4_K): accm += msc[8 b:8 b + 8] * px[8 b:8 b + 8] per block, row r's msc
         at 8 r K/256, token t's px at 8 (bo + t xs/256); the result is less tree8(accm), in float32."""
         if not (w16 in I16ARR and dsc in F32ARR and msc in F32ARR and x16 in I16ARR and xd in F32ARR and px in F32ARR
-                and all(isinstance(a, types.Integer) for a in (xo, bo, xs)) and out == types.Array(types.float64, 1, "C")):
+                and all(isinstance(a, types.Integer) for a in (xo, bo, xs)) and out == types.Array(types.float64, 2, "C")):
             return None
 
         def codegen(context, builder, sig, args):
             arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
-            w_, dsc_, msc_, x_, xd_, px_, out_ = (a.data for a in arrs)
+            w0, dsc0, msc0, x_, xd_, px_, out0 = (a.data for a in arrs)
             xo0, bo0, xs_ = (_i64(builder, a) for a in args[6:9])
-            k = builder.udiv(arrs[0].nitems, ir.Constant(I64, 4))
+            n_quads, n_cols = cgutils.unpack_tuple(builder, arrs[6].shape)
+            k = builder.udiv(arrs[0].nitems, builder.mul(n_quads, ir.Constant(I64, 4)))
             nb, xsb = builder.udiv(k, ir.Constant(I64, 256)), builder.udiv(xs_, ir.Constant(I64, 256))
             op = _Ops(context, builder)
             lanes = 16 if wide else 8
@@ -121,6 +124,15 @@ def _w16_4x2(wide, mins):
             zero_i, zero_f = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes), ir.Constant(vf, [0.0] * lanes)
             # AVX-512: all four rows, 32 weights a chunk; AVX2: two rows at a time, each 32 as two halves of 16
             groups, halves = ([(0, 1, 2, 3)], (0,)) if wide else ([(0, 1), (2, 3)], (0, 1))
+
+            def quad(q, _):   # rows 4 q .. 4 q + 3: their w16, dsc, msc and out row
+                nonlocal w_, dsc_, msc_, out_
+                w_, dsc_ = builder.gep(w0, [builder.mul(q, builder.mul(k, ir.Constant(I64, 4)))]), builder.gep(dsc0, [builder.mul(q, builder.mul(nb, ir.Constant(I64, 4)))])
+                msc_, out_ = builder.gep(msc0, [builder.mul(q, builder.mul(nb, ir.Constant(I64, 32)))]), builder.gep(out0, [builder.mul(q, n_cols)])
+                _loop(builder, builder.udiv(n_cols, ir.Constant(I64, 8)), [], token_pair)
+                return []
+
+            w_ = dsc_ = msc_ = out_ = None
 
             def token_pair(j, _):
                 xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
@@ -167,7 +179,7 @@ def _w16_4x2(wide, mins):
                     builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(I32, lane))), ptr)
                 return []
 
-            _loop(builder, builder.udiv(arrs[6].nitems, ir.Constant(I64, 8)), [], token_pair)
+            _loop(builder, n_quads, [], quad)
             return context.get_dummy_value()
 
         return types.none(w16, dsc, msc, x16, xd, px, xo, bo, xs, out), codegen
