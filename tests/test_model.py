@@ -124,7 +124,7 @@ def test_softmax_exp_against_float64():
 
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("T, block", [(1, 64), (4, 64), (7, 2)], ids=["decode", "one-block", "four-blocks"])
-def test_attention_kernel_matches_float64_softmax(window, T, block, monkeypatch):
+def test_attention_kernel_matches_float64_softmax(window, T, block, monkeypatch):   # T > 1: the block path
     """gguf_runner.attention.attend against softmax(q k^T / sqrt(Dh)) v in float64, with the cache's mask:
     causal, a window, never-written slots, and buffers longer than the slots in use; one token (the row
     kernel), and a chunk as one task or as several (BLAS and the softmax pass)."""
@@ -132,6 +132,7 @@ def test_attention_kernel_matches_float64_softmax(window, T, block, monkeypatch)
     from gguf_runner.attention import attend
     from gguf_runner.cache import EMPTY, attention_mask
     monkeypatch.setattr(attention, "QUERY_BLOCK", block)
+    monkeypatch.setattr(attention, "BLOCKS_FROM", 2)
     rng = np.random.default_rng(5)
     G, r, S, cap, Dh = 2, 3, 9, 12, 16
     q = rng.standard_normal((G, T * r, Dh)).astype(np.float32)
