@@ -60,6 +60,27 @@ def _dot32_rows(dot, rows, xd, q16, s32, out):
         out[r] = _call_dot32(dot, (rows[r], xd, q16, s32))
 
 
+def _stacked(sig):   # a decode kernel's activation argument types with a leading token axis
+    return [types.Array(a.dtype, 2, "C", readonly=True) for a in sig.args[1:]]
+
+
+@njit_parallel(types.void(KERNEL, ROWS, *_stacked(DOT16_SIG), OUT2))
+def _dot16_tokens(dot, rows, xd, q16, qp, hi, lo, bsums, out):
+    """_dot16_rows for a few tokens in one launch (their activations stacked, out (T, N)): a row comes from
+    memory for the first token and from cache for the next."""
+    for r in prange(rows.shape[0]):
+        for t in range(out.shape[0]):
+            out[t, r] = _call_dot16(dot, (rows[r], xd[t], q16[t], qp[t], hi[t], lo[t], bsums[t]))
+
+
+@njit_parallel(types.void(KERNEL, ROWS, *_stacked(DOT32_SIG), OUT2))
+def _dot32_tokens(dot, rows, xd, q16, s32, out):
+    """_dot32_rows for a few tokens in one launch, as _dot16_tokens."""
+    for r in prange(rows.shape[0]):
+        for t in range(out.shape[0]):
+            out[t, r] = _call_dot32(dot, (rows[r], xd[t], q16[t], s32[t]))
+
+
 # matvecs: the rows of up to three matrices (each with its kernel and output) against one x, in one loop
 @njit_parallel(types.void(*(KERNEL, ROWS, OUT) * 3, *DOT16_SIG.args[1:]))
 def _dot16_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, qp, hi, lo, bsums):
@@ -172,9 +193,10 @@ def _int_kernel32(ggml_type: int, path: str):
     return kernel_address(_DECODE32[ggml_type][path], DOT32_SIG)
 
 
-# Integer decode by activation block (_int_scheme): kernel address, drivers for one and three matrices, quantizer
-_SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, quantize_activations),
-            32: (_int_kernel32, _dot32_rows, _dot32_rows3, quantize_activations32)}
+# Integer decode by activation block (_int_scheme): kernel address, drivers for one and three matrices and for
+# a few tokens, quantizer
+_SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, _dot16_tokens, quantize_activations),
+            32: (_int_kernel32, _dot32_rows, _dot32_rows3, _dot32_tokens, quantize_activations32)}
 
 
 @cache
@@ -216,7 +238,7 @@ def matvec(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     if scheme is None:
         _dot_rows(_kernels(w.ggml_type)[0], w.data, x, out)
     else:
-        kernel, rows, _, quantize = _SCHEMES[scheme]
+        kernel, rows, _, _, quantize = _SCHEMES[scheme]
         rows(kernel(w.ggml_type, INT_PATH), w.data, *quantize(x), out)
     return out
 
@@ -232,14 +254,27 @@ _NO_ROWS, _NO_OUT = np.empty((0, 1), np.uint8), np.empty(0, np.float32)
 
 
 def _matvec_below(w: QuantizedTensor, exact: bool) -> int:
-    """Chunks of fewer tokens than this go through w's matvec, token by token: its decode kernel reads the rows
-    again for each token (from cache), where the prefill kernel first unpacks each row (as much work as ~3
-    tokens' decode) and the sgemm path dequantizes it (as much as ~20). Zen 5, 2 threads: Mixtral expert
+    """Chunks of fewer tokens than this go token by token through w's decode kernel (_tokens_matmul, one launch;
+    a row is read from memory for the first token, from cache for the next), where the prefill kernel first
+    unpacks each row (as much work as ~3 tokens' decode) and the sgemm path dequantizes it (as much as ~20). Zen 5, 2 threads: Mixtral expert
     ffn_gate Q4_K at T=2 2.45 -> 1.31 ms, attn_output Q5_K at T=8 3.44 -> 1.74 ms (even at T=32); a whole
     SmolLM2 prefill (Q4_1) at T=8 58 -> 30 ms, T=16 67 -> 61, T=24 75 -> 86."""
     if exact or _int_scheme(w) is None:
         return 2
     return 4 if _UNPACK.get(w.ggml_type) else 20
+
+
+def _token_activations(scheme: int, x: np.ndarray):
+    """x (T, K) -> each token's activations for the decode kernels of that scheme, stacked (T, ...)."""
+    return [np.stack(a) for a in zip(*(_SCHEMES[scheme][4](v) for v in x))]
+
+
+def _tokens_matmul(w: QuantizedTensor, acts) -> np.ndarray:
+    """matvec's integer path for each token of acts (_token_activations), in one launch: (T, N)."""
+    kernel, _, _, tokens, _ = _SCHEMES[_int_scheme(w)]
+    out = np.empty((acts[0].shape[0], w.shape[0]), np.float32)
+    tokens(kernel(w.ggml_type, INT_PATH), w.data, *acts, out)
+    return out
 
 
 def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> list[np.ndarray]:
@@ -253,16 +288,16 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
     if len(ks) != 1:
         raise ValueError(f"matmuls: the matrices must share K, got {sorted(ks)}")
     x = _activations(x, ks.pop(), 2, "matmuls")
-    if 1 < x.shape[0] < min(_matvec_below(w, exact) for w in ws):   # token by token, each in one pass
-        per_token = [matmuls(ws, v[None], exact) for v in x]
-        return [np.concatenate(outs) for outs in zip(*per_token)]
+    if 1 < x.shape[0] < min(_matvec_below(w, exact) for w in ws):   # token by token, x quantized once per scheme
+        acts = {s: _token_activations(s, x) for s in {_int_scheme(w) for w in ws}}
+        return [_tokens_matmul(w, acts[_int_scheme(w)]) for w in ws]
     if x.shape[0] > 1 and not exact and all(_UNPACK.get(w.ggml_type) for w in ws):   # integer prefill: quantize x once
         acts = _prefill_activations(x)
         return [_int_matmul(w, acts) for w in ws]
     schemes = {None if exact else _int_scheme(w) for w in ws}
     if x.shape[0] != 1 or len(ws) == 1 or schemes not in ({256}, {32}):
         return [matmul(w, x, exact) for w in ws]
-    kernel, _, rows3, quantize = _SCHEMES[schemes.pop()]
+    kernel, _, rows3, _, quantize = _SCHEMES[schemes.pop()]
     outs = [np.empty(w.shape[0], np.float32) for w in ws]
     triples = [(kernel(w.ggml_type, INT_PATH), w.data, out) for w, out in zip(ws, outs)]
     triples += [(triples[0][0], _NO_ROWS, _NO_OUT)] * (3 - len(ws))
@@ -271,14 +306,16 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
 
 
 def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray:
-    """x (T, K) @ w.T -> float32 (T, N). A few tokens go through matvec (_matvec_below). Q4_K and Q6_K rows are unpacked to int16 once
+    """x (T, K) @ w.T -> float32 (T, N). T == 1 is matvec; a few tokens take the decode kernels (_matvec_below). Q4_K and Q6_K rows are unpacked to int16 once
     per tile of tokens and meet them in integer dot products (_int_matmul; unless exact). Other types:
     _blas_matmul. (Integer prefill beat dequantize + BLAS at every T measured on Zen 5, 2 threads: Mistral
     pp64 16.8 against 7.5 tok/s with AVX2 kernels, 20.5 with AVX-512.)"""
     n, k = _matrix(w, "matmul")
     x = _activations(x, k, 2, "matmul")
+    if x.shape[0] == 1:
+        return matvec(w, x[0], exact)[None, :]
     if x.shape[0] < _matvec_below(w, exact):
-        return np.stack([matvec(w, v, exact) for v in x])
+        return _tokens_matmul(w, _token_activations(_int_scheme(w), x))
     if not exact and _UNPACK.get(w.ggml_type):
         return _int_matmul(w, _prefill_activations(x))
     return _blas_matmul(w, x)

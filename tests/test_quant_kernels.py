@@ -323,6 +323,7 @@ def test_second_process_compiles_nothing():
     for ggml_type in SUPPORTED_TYPES:  # make sure every kernel is in the cache
         for exact in (False, True):
             matmul(random_tensor(ggml_type, (3, K)), np.ones((24, K), np.float32), exact=exact)   # 24: not token by token
+            matmul(random_tensor(ggml_type, (3, K)), np.ones((2, K), np.float32), exact=exact)
             matvec(random_tensor(ggml_type, (3, K)), np.ones(K, np.float32), exact=exact)
     for ggml_type in _DECODE32:
         matvec(random_tensor(ggml_type, (3, 96)), np.ones(96, np.float32))
@@ -337,7 +338,7 @@ def test_second_process_compiles_nothing():
         from quant.kernels import _dequantize_rows, _dequantize_rows_serial, _dot_rows, _dot16_rows, _dot32_rows, _w16_rows
         for t, fmt in FORMATS.items():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
-            matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((24, 768), np.float32))
+            matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((24, 768), np.float32)); matmul(w, np.ones((2, 768), np.float32))
             matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((24, 768), np.float32), exact=True)
         for t in qk._DECODE32:   # K = 96: blocks of 32 only
             w = QuantizedTensor("w", t, (3, 96), np.zeros((3, 3 * FORMATS[t].BYTES), np.uint8))
@@ -345,7 +346,7 @@ def test_second_process_compiles_nothing():
         w = QuantizedTensor("w", 12, (3, 768), np.zeros((3, 3 * 144), np.uint8))   # Q4_K
         qk.matmuls([w, w], np.ones((1, 768), np.float32))
         kernels = [_dot_rows, _dequantize_rows, _dequantize_rows_serial, _dot16_rows, _dot32_rows, qk._dot16_rows3, qk._dot32_rows3,
-                   _w16_rows, activations.quantize,
+                   _w16_rows, qk._dot16_tokens, qk._dot32_tokens, activations.quantize,
                    activations._quantize_prefill, activations.quantize32]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
         kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for k in qk._UNPACK.values() if k]
@@ -360,7 +361,7 @@ def test_second_process_compiles_nothing():
     from quant.kernels import INT_PATH
     kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(1 for k in _UNPACK.values() if k)   # decode + prefill unpackers
     kernels += len(_DECODE32)
-    assert misses == 0 and hits == 11 + 2 * len(FORMATS) + kernels + 2, out.stdout
+    assert misses == 0 and hits == 13 + 2 * len(FORMATS) + kernels + 2, out.stdout
 
 
 def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
