@@ -112,6 +112,30 @@ def test_blas_runs_on_one_thread_during_a_forward_pass_only(tiny_gguf, monkeypat
     assert before and all(n == 2 for n in before) and seen and all(n == [1] * len(before) for n in seen)
 
 
+def test_attention_same_bits_on_one_and_two_threads(monkeypatch):
+    """Prefill attention's tasks (BLAS and the softmax pass) give the same bits whatever the thread count."""
+    import numba
+
+    import gguf_runner.attention as attention
+    from gguf_runner.cache import attention_mask
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 3)
+    rng = np.random.default_rng(8)
+    G, r, T, Dh = 2, 2, 20, 16
+    q = rng.standard_normal((G, T * r, Dh)).astype(np.float32)
+    k, v = (rng.standard_normal((G, T, Dh)).astype(np.float32) for _ in range(2))
+    mask = attention_mask(np.arange(T), np.arange(T), 6)
+    before, outs = numba.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            outs.append(attention.attend(q, k, v, mask, r))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0].view(np.uint32), outs[1].view(np.uint32))
+
+
 def test_softmax_exp_against_float64():
     """The vectorizable exp of the prefill softmax and of SiLU: within 3e-7 relative of float64 on [-87, 0], 0 below."""
     from quant.jit import exp_le0

@@ -81,10 +81,11 @@ def test_one_and_two_threads_bit_identical(ggml_type, two_threads):
     w = random_tensor(ggml_type, (N, K), seed=7)
     rng = np.random.default_rng(2)
     x, xs = rng.standard_normal(K).astype(np.float32), rng.standard_normal((5, K)).astype(np.float32)
+    xs24 = rng.standard_normal((24, K)).astype(np.float32)   # 5 tokens go token by token for some types, 24 by chunk
     results = []
     for threads in (1, 2):
         numba.set_num_threads(threads)
-        results.append([matvec(w, x), matmul(w, xs), dequantize(w), get_rows(w, [5, 0, 36])])
+        results.append([matvec(w, x), matmul(w, xs), matmul(w, xs24), dequantize(w), get_rows(w, [5, 0, 36])])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
