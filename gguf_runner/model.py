@@ -10,7 +10,7 @@ import numpy as np
 from numba import prange
 
 from quant import get_rows, matmul, matmuls
-from quant.jit import FASTMATH, exp_le0, njit_parallel
+from quant.jit import FASTMATH, exp_le0, njit, njit_parallel
 
 from .args import ModelArgs
 from .attention import attend
@@ -18,8 +18,23 @@ from .cache import KVCache, attention_mask
 from .weights import Weights
 
 
+@njit(nogil=True, fastmath=FASTMATH)
+def _rms_norm(x, w, eps, out):
+    """out = x / sqrt(mean(x^2) + eps) * w per row, the mean in float64: one call where numpy's five
+    passes cost ~20 us a norm at one token, 12% of SmolLM2's decode."""
+    for t in range(x.shape[0]):
+        ss = 0.0
+        for i in range(x.shape[1]):
+            ss += np.float64(x[t, i]) * np.float64(x[t, i])
+        inv = np.float32(1.0 / np.sqrt(ss / x.shape[1] + eps))
+        for i in range(x.shape[1]):
+            out[t, i] = x[t, i] * inv * w[i]
+
+
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:   # (T, D) * (D,)
-    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)) * w
+    out = np.empty(x.shape, np.float32)
+    _rms_norm(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(w, np.float32), float(eps), out)
+    return out
 
 
 @njit_parallel(fastmath=FASTMATH)
@@ -44,14 +59,22 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+@njit(nogil=True)
+def _rope(x, cos, sin, out):
+    """numpy's a cos - b sin, a sin + b cos, in one call (two per layer cost 12 us at one token)."""
+    for t in range(x.shape[0]):
+        for h in range(x.shape[1]):
+            for i in range(cos.shape[-1]):
+                a, b, c, s = x[t, h, 2 * i], x[t, h, 2 * i + 1], cos[t, 0, i], sin[t, 0, i]
+                out[t, h, 2 * i] = a * c - b * s
+                out[t, h, 2 * i + 1] = a * s + b * c
+
+
 def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """x (T, heads, Dh); rotates ADJACENT pairs (x[2i], x[2i+1]) of the first rope_dim dims, as the
     GGUF converter's Q/K row permutation expects. cos, sin: (T, 1, rope_dim // 2)."""
-    n = 2 * cos.shape[-1]
-    a, b = x[..., 0:n:2], x[..., 1:n:2]
     out = x.copy()
-    out[..., 0:n:2] = a * cos - b * sin
-    out[..., 1:n:2] = a * sin + b * cos
+    _rope(x, np.ascontiguousarray(cos, np.float32), np.ascontiguousarray(sin, np.float32), out)
     return out
 
 
