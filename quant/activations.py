@@ -95,13 +95,13 @@ def quantize(x, d, q16, qp, hi, lo, bsums):
             qp[y + i] = q16[y + QP_ORDER[i]]
 
 
-def empty_aligned(shape, dtype) -> np.ndarray:
-    """np.empty whose data starts on a 64-byte cache line (numpy's large allocations are 16 past a page): the
-    AVX-512 prefill kernel's 64-byte loads of q16 then read one line each."""
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = np.empty(n + 64, np.uint8)
-    skip = -buf.ctypes.data % 64
-    return buf[skip:skip + n].view(dtype).reshape(shape)
+@njit
+def aligned_int16(n):
+    """An int16 array of n whose data starts on a 64-byte cache line: each 64-byte load of the AVX-512
+    prefill kernel then reads one line, not two (numpy's and Numba's large allocations are 16 past one)."""
+    buf = np.empty(n + 32, np.int16)
+    skip = ((-buf.ctypes.data) % 64) // 2
+    return buf[skip:skip + n]
 
 
 def quantize_activations(x: np.ndarray):
@@ -135,7 +135,7 @@ def quantize_prefill(x: np.ndarray):
     """x (T, K) float32 contiguous, K % 256 == 0 -> d (T, K/256) f32 and q16 (T, K) int16 (cache-line aligned)
     as quantize_activations gives them, px (T, K/32) f32: the sums of q16 over each 32 times d."""
     t, k = x.shape
-    d, q16, px = np.empty((t, k // BLOCK), np.float32), empty_aligned((t, k), np.int16), np.empty((t, k // 32), np.float32)
+    d, q16, px = np.empty((t, k // BLOCK), np.float32), aligned_int16(t * k).reshape(t, k), np.empty((t, k // 32), np.float32)
     _quantize_prefill(x, d, q16, px)
     return d, q16, px
 

@@ -15,7 +15,7 @@ from numba import get_num_threads, prange, types
 from gguf import GGMLQuantizationType as T
 
 from . import intdot
-from .activations import quantize_activations, quantize_activations32, quantize_prefill
+from .activations import aligned_int16, quantize_activations, quantize_activations32, quantize_prefill
 from .formats import FORMATS
 from .jit import (DEQUANT_SIG, DOT16_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
                   blas_threads, kernel_address, njit, njit_parallel, pointer_call)
@@ -106,15 +106,6 @@ def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
             o2[i - n0 - n1] = _call_dot32(k2, (r2[i - n0 - n1], xd, q16, s32))
 
 
-@njit(inline="always")
-def _aligned_int16(n):
-    """An int16 array of n whose data starts on a 64-byte line, so that each 64-byte load of the AVX-512
-    kernels reads one cache line, not two."""
-    buf = np.empty(n + 32, np.int16)
-    skip = ((-buf.ctypes.data) % 64) // 2
-    return buf[skip:skip + n]
-
-
 @njit_parallel(types.void(KERNEL, KERNEL, ROWS,
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
                          OUT2, types.int64, types.int64))
@@ -131,7 +122,7 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg):
         r0 = task * block_rows
         nr = min(block_rows, n - r0)
         nq = (nr + 3) // 4
-        w16 = _aligned_int16(4 * nq * seg * 256)
+        w16 = aligned_int16(4 * nq * seg * 256)
         dsc, msc = np.empty(4 * nq * seg, np.float32), np.empty(32 * nq * seg, np.float32)
         acc = np.zeros((nq, 4 * n_t), np.float64)   # acc[q, 8 j + 2 r + t]: row 4 q + r, token 2 j + t
         for b0 in range(0, nb, seg):

@@ -132,9 +132,10 @@ def _loop(builder, n, inits, step):
     return finals
 
 
-def _splat(builder, f):  # float -> <8 x float>
-    return builder.shuffle_vector(builder.insert_element(ir.Constant(V8F, None), f, ir.Constant(I32, 0)),
-                                  ir.Constant(V8F, None), ir.Constant(V8I32, [0] * 8))
+def _splat(builder, f, n=8):  # float -> <n x float>
+    vty = ir.VectorType(ir.FloatType(), n)
+    return builder.shuffle_vector(builder.insert_element(ir.Constant(vty, None), f, ir.Constant(I32, 0)),
+                                  ir.Constant(vty, None), ir.Constant(ir.VectorType(I32, n), [0] * n))
 
 
 def _lane_sum(builder, v):  # <8 x float> -> double: lanes 0..7 added in order
@@ -181,10 +182,11 @@ def _half_pair(builder, ptr, offset):
     return builder.extract_element(v, ir.Constant(I32, 0)), builder.extract_element(v, ir.Constant(I32, 1))
 
 
-def _fold16(builder, v16):  # <16 x i32> -> <8 x i32>: v[i] + v[i+8]
+def _fold16(builder, v16):  # <16 x i32 or float> -> <8 x ...>: v[i] + v[i+8]
     undef = ir.Constant(v16.type, None)
-    return builder.add(builder.shuffle_vector(v16, undef, ir.Constant(V8I32, list(range(8)))),
-                       builder.shuffle_vector(v16, undef, ir.Constant(V8I32, list(range(8, 16)))))
+    add = builder.fadd if isinstance(v16.type.element, ir.FloatType) else builder.add
+    return add(builder.shuffle_vector(v16, undef, ir.Constant(V8I32, list(range(8)))),
+               builder.shuffle_vector(v16, undef, ir.Constant(V8I32, list(range(8, 16)))))
 
 
 def _even_odd_sum(builder, v16):  # <16 x i32> -> <8 x i32>: v[2i] + v[2i+1]

@@ -7,8 +7,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import (F32ARR, I8, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _i64, _lane_sum, _load_at, _loop, _ok,
-                   _Ops, _q6_k_quants)
+from .simd import (F32ARR, I8, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fold16, _i64, _lane_sum, _load_at, _loop,
+                   _ok, _Ops, _q6_k_quants, _splat)
 
 
 # --- prefill: unpack a block to int16 weights times scales (generic vector IR, any CPU) ---
@@ -56,11 +56,8 @@ def mins8(typingctx, mn, dmin, msc, y):
     def codegen(context, builder, sig, args):
         mn_, dmin_, msc_, y_ = args
         mp = context.make_array(sig.args[2])(context, builder, msc_).data
-        v8f = ir.VectorType(ir.FloatType(), 8)
-        m = builder.uitofp(builder.bitcast(_i64(builder, mn_), ir.VectorType(I8, 8)), v8f)
-        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v8f, None), dmin_, ir.Constant(I32, 0)),
-                                       ir.Constant(v8f, None), ir.Constant(ir.VectorType(I32, 8), [0] * 8))
-        _store_at(builder, mp, _i64(builder, y_), builder.fmul(splat, m))
+        m = builder.uitofp(builder.bitcast(_i64(builder, mn_), ir.VectorType(I8, 8)), V8F)
+        _store_at(builder, mp, _i64(builder, y_), builder.fmul(_splat(builder, dmin_), m))
         return context.get_dummy_value()
 
     return types.none(mn, dmin, msc, y), codegen
@@ -155,7 +152,7 @@ def _w16_4x2(wide, mins):
                                     for p, (wi, xi, h) in enumerate(pairs)]
                         xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, st)), ir.FloatType()) for st in (ir.Constant(I64, 0), xsb)]
                         dsb = {wi: _load_at(builder, dsc_, builder.add(b, builder.mul(nb, ir.Constant(I64, wi))), ir.FloatType()) for wi in group}
-                        scales = {(wi, xi): _splat_n(builder, builder.fmul(xdb[xi], dsb[wi]), lanes) for wi in group for xi in range(2)}
+                        scales = {(wi, xi): _splat(builder, builder.fmul(xdb[xi], dsb[wi]), lanes) for wi in group for xi in range(2)}
                         return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf), scales[wi, xi]))
                                 for p, (wi, xi, h) in enumerate(pairs)]
 
@@ -169,7 +166,7 @@ def _w16_4x2(wide, mins):
                     return [builder.fadd(accms[2 * wi + xi], builder.fmul(ms[wi], ps[xi])) for wi in range(4) for xi in range(2)]
 
                 # acc[i] + acc[i + 8]: AVX-512 folds its 16 lanes, AVX2 adds its two passes
-                sums = [_fold16f(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]
+                sums = [_fold16(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]
                 total = _sum8x8(builder, sums)
                 if mins:
                     total = builder.fsub(total, _sum8x8(builder, _loop(builder, nb, [ir.Constant(V8F, [0.0] * 8)] * 8, step_mins)))
@@ -186,12 +183,6 @@ def _w16_4x2(wide, mins):
     return w16_4x2
 
 
-def _splat_n(builder, f, n):   # float -> <n x float>
-    vty = ir.VectorType(ir.FloatType(), n)
-    return builder.shuffle_vector(builder.insert_element(ir.Constant(vty, None), f, ir.Constant(I32, 0)),
-                                  ir.Constant(vty, None), ir.Constant(ir.VectorType(I32, n), [0] * n))
-
-
 def _sum8x8(builder, vs):
     """Eight <8 x float> -> <8 x float>: lane j the sum of vs[_SUM8X8_ORDER[j]], each by the tree
     h4[i] = v[i] + v[i + 4], h2[i] = h4[i] + h4[i + 2], h2[0] + h2[1] (three shuffle-and-add steps, each over
@@ -205,11 +196,6 @@ def _sum8x8(builder, vs):
 
 
 _SUM8X8_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
-
-
-def _fold16f(builder, v):   # <16 x float> -> <8 x float>: v[i] + v[i + 8]
-    halves = [builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 8), list(range(h, h + 8)))) for h in (0, 8)]
-    return builder.fadd(*halves)
 
 
 w16_4x2, w16_4x2_nomins = _w16_4x2(False, True), _w16_4x2(False, False)
