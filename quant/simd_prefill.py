@@ -7,8 +7,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import (F32ARR, I8, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fold16, _i64, _lane_sum, _load_at, _loop,
-                   _ok, _Ops, _q6_k_quants, _splat)
+from .simd import (F32ARR, I8, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fold16, _i64, _load_at, _loop, _ok,
+                   _Ops, _q6_k_quants, _splat)
 
 
 # --- prefill: unpack a block to int16 weights times scales (generic vector IR, any CPU) ---
