@@ -24,7 +24,7 @@ from .jit import half_to_f32, njit
 from .q6_k import quant
 from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q4_k_row, q4_k_row512, q5_k_row, q5_k_row512, q6_k_row,
                    q6_k_row512, q8_0_row, q8_0_row32)
-from .simd_prefill import mins8, q4_k_unpack16, q6_k_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512
+from .simd_prefill import mins8, q4_k_unpack16, q5_k_unpack16, q6_k_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -232,21 +232,36 @@ def dot32_q8_0_avx2(row, xd, x16, s32):
 
 # --- prefill: each row unpacked once to int16, then one dot product per token ---
 
-@njit
-def unpack_q4_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
-    """Blocks b0 .. b0 + sb of rows r0 .. r0 + nr - 1 (n_out of them, the last one repeated) -> w16 int16 =
-    q * scale[s] (row i at 256 sb i), dsc = d (row i at sb i), msc = dmin * min[s] (at 8 sb i). One call for
-    many rows: a call per row (four sliced arrays, their reference counts) cost as much as unpacking it."""
+@njit(inline="always")
+def k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, five):
+    """Blocks b0 .. b0 + sb of Q4_K (five False) or Q5_K rows r0 .. r0 + nr - 1 (n_out of them, the last one repeated)
+    -> w16 int16 = q * scale[s] (row i at 256 sb i), dsc = d (row i at sb i), msc = dmin * min[s] (at 8 sb i).
+    One call for many rows: a call per row (four sliced arrays, their reference counts) cost as much as
+    unpacking it."""
+    nbytes = Q5_K_BYTES if five else Q4_K_BYTES
     for i in range(n_out):
         row = rows[r0 + min(i, nr - 1)]
         w32 = row.view(np.uint32)
         for b in range(sb):
-            o, j = (b0 + b) * Q4_K_BYTES, i * sb + b
-            prefetch_block(row, o, Q4_K_BYTES)
+            o, j = (b0 + b) * nbytes, i * sb + b
+            prefetch_block(row, o, nbytes)
             sc, mn = q4_k_scales(w32, o // 4 + 1)
             dsc[j] = half_to_f32(f16_bits(row, o))
             mins8(mn, half_to_f32(f16_bits(row, o + 2)), msc, 8 * j)
-            q4_k_unpack16(row, o, sc, w16, j * BLOCK)
+            if five:
+                q5_k_unpack16(row, o, sc, w16, j * BLOCK)
+            else:
+                q4_k_unpack16(row, o, sc, w16, j * BLOCK)
+
+
+@njit
+def unpack_q4_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
+    k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, False)
+
+
+@njit
+def unpack_q5_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
+    k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, True)
 
 
 @njit

@@ -149,7 +149,7 @@ _DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_a
              T.Q4_1: {"portable": intdot.dot32_q4_1, "avx2": intdot.dot32_q4_1_avx2, "avx512": intdot.dot32_q4_1_avx2},
              T.Q8_0: {"portable": intdot.dot32_q8_0, "avx2": intdot.dot32_q8_0_avx2, "avx512": intdot.dot32_q8_0_avx2}}
 # Prefill's unpack (None: that type's prefill dequantizes for BLAS) and two-by-two kernel per path
-_UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q6_K: intdot.unpack_q6_k, T.Q5_K: None, T.Q8_0: None}
+_UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q5_K: intdot.unpack_q5_k, T.Q6_K: intdot.unpack_q6_k, T.Q8_0: None}
 _W4X2 = {"portable": intdot.w16_4x2_portable, "avx2": intdot.w16_4x2_avx2, "avx512": intdot.w16_4x2_avx512}
 _W4X2_NOMINS = {"portable": intdot.w16_4x2_nomins_portable, "avx2": intdot.w16_4x2_nomins_avx2,   # Q6_K
                 "avx512": intdot.w16_4x2_nomins_avx512}
@@ -297,7 +297,7 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
 
 
 def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray:
-    """x (T, K) @ w.T -> float32 (T, N). T == 1 is matvec; a few tokens take the decode kernels (_matvec_below). Q4_K and Q6_K rows are unpacked to int16 once
+    """x (T, K) @ w.T -> float32 (T, N). T == 1 is matvec; a few tokens take the decode kernels (_matvec_below). Q4_K, Q5_K and Q6_K rows are unpacked to int16 once
     per tile of tokens and meet them in integer dot products (_int_matmul; unless exact). Other types:
     _blas_matmul. (Integer prefill beat dequantize + BLAS at every T measured on Zen 5, 2 threads: Mistral
     pp64 16.8 against 7.5 tok/s with AVX2 kernels, 20.5 with AVX-512.)"""

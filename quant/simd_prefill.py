@@ -20,30 +20,39 @@ def _store_at(builder, ptr, offset, value):
 I16ARR_W = types.Array(types.int16, 1, "C")
 
 
-@intrinsic
-def q4_k_unpack16(typingctx, row, o, sc, w16, y):
-    """w16[y + 32 s + l] = scale[s] * q (int16) for the 256 weights of the Q4_K block row[o:o+144]; sc packs
-    the 8 scales (byte s = scale[s])."""
-    if not (_ok(row) and w16 == I16ARR_W and all(isinstance(t, types.Integer) for t in (o, sc, y))):
-        return None
+def _k_unpack16(qh_at, qs_at):
+    @intrinsic
+    def k_unpack16(typingctx, row, o, sc, w16, y):
+        if not (_ok(row) and w16 == I16ARR_W and all(isinstance(t, types.Integer) for t in (o, sc, y))):
+            return None
 
-    def codegen(context, builder, sig, args):
-        row_, o_, sc_, w_, y_ = args
-        rp = context.make_array(sig.args[0])(context, builder, row_).data
-        wp = context.make_array(sig.args[3])(context, builder, w_).data
-        o_, y_ = _i64(builder, o_), _i64(builder, y_)
-        v32i16 = ir.VectorType(I16, 32)
-        scales = builder.zext(builder.bitcast(builder.zext(sc_, I64) if sc_.type.width < 64 else sc_, ir.VectorType(I8, 8)),
-                              ir.VectorType(I16, 8))
-        for g in range(4):
-            v = _load_at(builder, rp, builder.add(o_, ir.Constant(I64, 16 + 32 * g)), V32I8)
-            for half, q in enumerate((builder.and_(v, ir.Constant(V32I8, [15] * 32)), builder.lshr(v, ir.Constant(V32I8, [4] * 32)))):
-                s = 2 * g + half
-                scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 32), [s] * 32))
-                _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * s)), builder.mul(builder.zext(q, v32i16), scale))
-        return context.get_dummy_value()
+        def codegen(context, builder, sig, args):
+            row_, o_, sc_, w_, y_ = args
+            rp = context.make_array(sig.args[0])(context, builder, row_).data
+            wp = context.make_array(sig.args[3])(context, builder, w_).data
+            o_, y_ = _i64(builder, o_), _i64(builder, y_)
+            v32i16 = ir.VectorType(I16, 32)
+            splat = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
+            scales = builder.zext(builder.bitcast(builder.zext(sc_, I64) if sc_.type.width < 64 else sc_, ir.VectorType(I8, 8)),
+                                  ir.VectorType(I16, 8))
+            qh = None if qh_at is None else _load_at(builder, rp, builder.add(o_, ir.Constant(I64, qh_at)), V32I8)
+            for g in range(4):
+                v = _load_at(builder, rp, builder.add(o_, ir.Constant(I64, qs_at + 32 * g)), V32I8)
+                for half, q in enumerate((builder.and_(v, splat(15)), builder.lshr(v, splat(4)))):
+                    s = 2 * g + half
+                    if qh is not None:   # bit s of qh byte l is bit 4 of element l
+                        q = builder.or_(q, builder.shl(builder.and_(builder.lshr(qh, splat(s)), splat(1)), splat(4)))
+                    scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 32), [s] * 32))
+                    _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * s)), builder.mul(builder.zext(q, v32i16), scale))
+            return context.get_dummy_value()
 
-    return types.none(row, o, sc, w16, y), codegen
+        return types.none(row, o, sc, w16, y), codegen
+    return k_unpack16
+
+
+# w16[y + 32 s + l] = scale[s] * q (int16) for the 256 weights of the Q4_K block row[o:o+144] (Q5_K: row[o:o+176],
+# q with its fifth bit); sc packs the 8 scales (byte s = scale[s])
+q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16), _k_unpack16(16, 48)
 
 
 @intrinsic

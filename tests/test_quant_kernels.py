@@ -99,7 +99,7 @@ def test_matmul_in_several_tiles(monkeypatch):
     assert_close(matmul(w, xs, exact=True), xs.astype(np.float64) @ dequantize(w).astype(np.float64).T, "tiled")
 
 
-# --- the integer decode path of Q4_K, Q5_K, Q6_K, Q8_0 and the integer prefill of Q4_K, Q6_K (16-bit activations) ---
+# --- the integer decode path of Q4_K, Q5_K, Q6_K, Q8_0 and the integer prefill of Q4_K, Q5_K, Q6_K (16-bit activations) ---
 
 @pytest.mark.parametrize("ggml_type", list(INT_KERNELS), ids=lambda t: t.name)
 def test_integer_path_vs_float64(ggml_type, monkeypatch):
