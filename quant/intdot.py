@@ -22,8 +22,8 @@ import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q4_k_row, q4_k_row512, q5_k_row, q5_k_row512, q6_k_row,
-                   q6_k_row512, q8_0_row, q8_0_row32)
+from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q4_k_row, q4_k_row512, q4_k_tokens, q4_k_tokens512, q5_k_row,
+                   q5_k_row512, q5_k_tokens, q5_k_tokens512, q6_k_row, q6_k_row512, q8_0_row, q8_0_row32)
 from .simd_prefill import mins8, q4_k_unpack16, q5_k_unpack16, q6_k_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512
 
 BLOCK = 256
@@ -111,6 +111,41 @@ def dot_q5_k_avx2(row, xd, x16, xp, xh, xl, bsums):
 @njit
 def dot_q5_k_avx512(row, xd, x16, xp, xh, xl, bsums):
     return q5_k_row512(row, xd, xp, bsums)
+
+
+# Several tokens (jit.DOT16T_SIG, activations stacked): out[t, r] = the one-token kernel's result for token t,
+# bit for bit. The SIMD ones unpack each block once for all the tokens (simd.q4_k_tokens); the portable ones
+# loop over the tokens.
+@njit
+def dots_q4_k(row, xd, x16, xp, xh, xl, bsums, out, r):
+    for t in range(out.shape[0]):
+        out[t, r] = dot_q4_k(row, xd[t], x16[t], xp[t], xh[t], xl[t], bsums[t])
+
+
+@njit
+def dots_q4_k_avx2(row, xd, x16, xp, xh, xl, bsums, out, r):
+    q4_k_tokens(row, xd, xp, bsums, out, r)
+
+
+@njit
+def dots_q4_k_avx512(row, xd, x16, xp, xh, xl, bsums, out, r):
+    q4_k_tokens512(row, xd, xp, bsums, out, r)
+
+
+@njit
+def dots_q5_k(row, xd, x16, xp, xh, xl, bsums, out, r):
+    for t in range(out.shape[0]):
+        out[t, r] = dot_q5_k(row, xd[t], x16[t], xp[t], xh[t], xl[t], bsums[t])
+
+
+@njit
+def dots_q5_k_avx2(row, xd, x16, xp, xh, xl, bsums, out, r):
+    q5_k_tokens(row, xd, xp, bsums, out, r)
+
+
+@njit
+def dots_q5_k_avx512(row, xd, x16, xp, xh, xl, bsums, out, r):
+    q5_k_tokens512(row, xd, xp, bsums, out, r)
 
 
 @njit

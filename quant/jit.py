@@ -50,6 +50,9 @@ DEQUANT_SIG = types.void(ROW, OUT)  # dequantize(row, out (K,))
 DOT16_SIG = types.float64(ROW, VEC, *(types.Array(types.int16, 1, "C", readonly=True),) * 2,
                           types.Array(types.int8, 1, "C", readonly=True), types.Array(types.int8, 1, "C", readonly=True),
                           types.Array(types.int32, 1, "C", readonly=True))
+# The same for T tokens at once (intdot.dots_*): dots(row, the activations stacked (T, ...), out (T, N) f32, r),
+# out[t, r] = token t's dot product
+DOT16T_SIG = types.void(ROW, *(types.Array(a.dtype, 2, "C", readonly=True) for a in DOT16_SIG.args[1:]), OUT2, types.int64)
 # Integer decode of rows with blocks of 32 (intdot.dot32_*): dot(row, xd (K/32,) f32, q16 (K,) i16,
 # s32 (K/32,) i32) -> sum_k w[k] * x[k], x given by activations.quantize32
 DOT32_SIG = types.float64(ROW, VEC, types.Array(types.int16, 1, "C", readonly=True), types.Array(types.int32, 1, "C", readonly=True))

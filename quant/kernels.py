@@ -17,7 +17,7 @@ from gguf import GGMLQuantizationType as T
 from . import intdot
 from .activations import aligned_int16, quantize_activations, quantize_activations32, quantize_prefill
 from .formats import FORMATS
-from .jit import (DEQUANT_SIG, DOT16_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
+from .jit import (DEQUANT_SIG, DOT16_SIG, DOT16T_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
                   blas_threads, kernel_address, njit, njit_parallel, pointer_call)
 from .simd import HAS_AVX2, HAS_AVX512
 from .tensor import QuantizedTensor
@@ -27,7 +27,7 @@ TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 
 
 _call_dot, _call_dequant = pointer_call(DOT_SIG), pointer_call(DEQUANT_SIG)
 _call_dot16, _call_unpack16, _call_4x2 = pointer_call(DOT16_SIG), pointer_call(UNPACK16_SIG), pointer_call(W4X2_SIG)
-_call_dot32 = pointer_call(DOT32_SIG)
+_call_dot32, _call_dots16 = pointer_call(DOT32_SIG), pointer_call(DOT16T_SIG)
 
 
 @njit_parallel(types.void(KERNEL, ROWS, VEC, OUT))
@@ -71,6 +71,13 @@ def _dot16_tokens(dot, rows, xd, q16, qp, hi, lo, bsums, out):
     for r in prange(rows.shape[0]):
         for t in range(out.shape[0]):
             out[t, r] = _call_dot16(dot, (rows[r], xd[t], q16[t], qp[t], hi[t], lo[t], bsums[t]))
+
+
+@njit_parallel(types.void(KERNEL, ROWS, *_stacked(DOT16_SIG), OUT2))
+def _dots16_tokens(dots, rows, xd, q16, qp, hi, lo, bsums, out):
+    """_dot16_tokens with a kernel that takes all the tokens at once (jit.DOT16T_SIG)."""
+    for r in prange(rows.shape[0]):
+        _call_dots16(dots, (rows[r], xd, q16, qp, hi, lo, bsums, out, r))
 
 
 @njit_parallel(types.void(KERNEL, ROWS, *_stacked(DOT32_SIG), OUT2))
@@ -143,6 +150,10 @@ _DECODE = {T.Q4_K: {"portable": intdot.dot_q4_k, "avx2": intdot.dot_q4_k_avx2, "
            T.Q5_K: {"portable": intdot.dot_q5_k, "avx2": intdot.dot_q5_k_avx2, "avx512": intdot.dot_q5_k_avx512},
            T.Q6_K: {"portable": intdot.dot_q6_k, "avx2": intdot.dot_q6_k_avx2, "avx512": intdot.dot_q6_k_avx512},
            T.Q8_0: {"portable": intdot.dot_q8_0, "avx2": intdot.dot_q8_0_avx2, "avx512": intdot.dot_q8_0_avx2}}
+# ... and for several tokens at once (_tokens_matmul), where a type has such kernels (the others loop over
+# the tokens in _dot16_tokens)
+_DECODE_TOKENS = {T.Q4_K: {"portable": intdot.dots_q4_k, "avx2": intdot.dots_q4_k_avx2, "avx512": intdot.dots_q4_k_avx512},
+                  T.Q5_K: {"portable": intdot.dots_q5_k, "avx2": intdot.dots_q5_k_avx2, "avx512": intdot.dots_q5_k_avx512}}
 # Types with blocks of 32, any K (activations quantized per 32; Q8_0 takes _DECODE where K % 256 == 0).
 # No AVX-512 kernels: those CPUs run the AVX2 ones.
 _DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_avx2, "avx512": intdot.dot32_q4_0_avx2},
@@ -177,6 +188,11 @@ SEG_BLOCKS = 8   # K segment of the prefill kernels, in blocks of 256: 4 rows of
 @cache
 def _int_kernel(ggml_type: int, path: str):
     return kernel_address(_DECODE[ggml_type][path], DOT16_SIG)
+
+
+@cache
+def _tokens_kernel(ggml_type: int, path: str):
+    return kernel_address(_DECODE_TOKENS[ggml_type][path], DOT16T_SIG)
 
 
 @cache
@@ -249,10 +265,12 @@ def _matvec_below(w: QuantizedTensor, exact: bool) -> int:
     a row is read from memory for the first token, from cache for the next), where the prefill kernel first
     unpacks each row (as much work as ~3 tokens' decode) and the sgemm path dequantizes it (as much as ~20). Zen 5, 2 threads: Mixtral expert
     ffn_gate Q4_K at T=2 2.45 -> 1.31 ms, attn_output Q5_K at T=8 3.44 -> 1.74 ms (even at T=32); a whole
-    SmolLM2 prefill (Q4_1) at T=8 58 -> 30 ms, T=16 67 -> 61, T=24 75 -> 86."""
+    SmolLM2 prefill (Q4_1) at T=8 58 -> 30 ms, T=16 67 -> 61, T=24 75 -> 86. Q4_K and Q5_K take all the tokens
+    in one kernel call per row (_DECODE_TOKENS), which wins up to 4 tokens (14336 x 4096 Q4_K at T=4: 1.7 ms
+    against the prefill kernel's 2.1; at T=5 and more the tokens' activations no longer fit in L1)."""
     if exact or _int_scheme(w) is None:
         return 2
-    return 4 if _UNPACK.get(w.ggml_type) else 20
+    return 5 if w.ggml_type in _DECODE_TOKENS else 4 if _UNPACK.get(w.ggml_type) else 20
 
 
 def _token_activations(scheme: int, x: np.ndarray):
@@ -264,7 +282,10 @@ def _tokens_matmul(w: QuantizedTensor, acts) -> np.ndarray:
     """matvec's integer path for each token of acts (_token_activations), in one launch: (T, N)."""
     kernel, _, _, tokens, _ = _SCHEMES[_int_scheme(w)]
     out = np.empty((acts[0].shape[0], w.shape[0]), np.float32)
-    tokens(kernel(w.ggml_type, INT_PATH), w.data, *acts, out)
+    if w.ggml_type in _DECODE_TOKENS:
+        _dots16_tokens(_tokens_kernel(w.ggml_type, INT_PATH), w.data, *acts, out)
+    else:
+        tokens(kernel(w.ggml_type, INT_PATH), w.data, *acts, out)
     return out
 
 

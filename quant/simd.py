@@ -13,6 +13,7 @@ Only compile (call) these on a CPU with AVX2 (HAS_AVX2), the *512 ones with AVX-
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .activations import qp_chunk
@@ -211,18 +212,17 @@ def _row_args_ok(row, xd, xh, xl, bsums):
     return _ok(row, xh, xl) and xd in F32ARR and bsums in I32ARR
 
 
-def _k_quants_256(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
-    """AVX2: the exact sum_s scale[s] * sum q x of a Q4_K / Q5_K block in 8 int32 lanes (lane L: elements
-    4L..4L+3 of each 32)."""
-    builder = op.b
+def _k_weights_256(builder, row_, at, sc8, qh_at, qs_at):
+    """AVX2: a Q4_K / Q5_K block's quants as int16 vectors q[s, parity] (the even or odd elements of
+    sub-block s, as qp holds them) and each sub-block's scale in 8 int32 lanes."""
     splat16 = lambda k: ir.Constant(V16I16, [k] * 16)  # noqa: E731
+    sc_all = builder.shuffle_vector(sc8, ir.Constant(sc8.type, None), ir.Constant(ir.VectorType(I32, 32), list(range(8)) * 4))
     qh = None if qh_at is None else _load_at(builder, row_, at(qh_at), V16I16)
-    acc = None
+    qs, scales = {}, {}
     for g in range(4):
         v = _load_at(builder, row_, at(qs_at + 32 * g), V16I16)
         for half in range(2):
             s = 2 * g + half
-            ints = None
             for parity in range(2):   # even elements (low bytes), then odd (high bytes)
                 shift = 4 * half + 8 * parity
                 q = builder.lshr(v, splat16(shift)) if shift else v
@@ -231,34 +231,44 @@ def _k_quants_256(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
                     bit = s + 8 * parity
                     moved = builder.lshr(qh, splat16(bit - 4)) if bit > 4 else builder.shl(qh, splat16(4 - bit))
                     q = builder.or_(q, builder.and_(moved, splat16(16)))
-                p = op.madd(q, _load_at(builder, xp_, builder.add(y, ir.Constant(I64, qp_chunk(s, parity))), V16I16))
-                ints = p if ints is None else builder.add(ints, p)
-            scale = builder.bitcast(op.pshufb(scales, ir.Constant(V32I8, [s, -128, -128, -128] * 8)), V8I32)
-            p = builder.mul(ints, scale)
-            acc = p if acc is None else builder.add(acc, p)
+                qs[s, parity] = q
+            scales[s] = builder.bitcast(_Ops(None, builder).pshufb(sc_all, ir.Constant(V32I8, [s, -128, -128, -128] * 8)), V8I32)
+    return qs, scales
+
+
+def _k_dot_256(op, xp_, y, weights):
+    """AVX2: the exact sum_s scale[s] * sum q x of a Q4_K / Q5_K block (_k_weights_256) against the qp at
+    xp_ + y, in 8 int32 lanes (lane L: elements 4L..4L+3 of each 32)."""
+    builder, (qs, scales), acc = op.b, weights, None
+    for s in range(8):
+        ints = None
+        for parity in range(2):
+            p = op.madd(qs[s, parity], _load_at(builder, xp_, builder.add(y, ir.Constant(I64, qp_chunk(s, parity))), V16I16))
+            ints = p if ints is None else builder.add(ints, p)
+        p = builder.mul(ints, scales[s])
+        acc = p if acc is None else builder.add(acc, p)
     return acc
 
 
-def _k_quants_512(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
-    """AVX-512 VNNI, the same 8 lanes: a 64-byte load holds the quants of groups 2P (low 256 bits) and
-    2P + 1, so each vector meets sub-blocks s and s + 2 at once; the two parities accumulate with vpdpwssd,
-    then one vpmulld by the scales of s and s + 2 (eight vpmullw on the weights before: the multiplier was the
-    bottleneck, 11% faster in cache). The high 8 lanes (groups 2P + 1) are added to the low ones at the end:
-    the same integers as _k_quants_256 (each lane < 2**31 before and after)."""
-    builder = op.b
+def _k_weights_512(builder, row_, at, sc8, qh_at, qs_at, scaled=False):
+    """AVX-512 VNNI: a 64-byte load holds the quants of groups 2P (low 256 bits) and 2P + 1, so each vector
+    q[P, half, parity] holds sub-blocks s and s + 2 (s = 4 P + half); scales[P, half] those two scales, in
+    the low and high 8 int32 lanes. scaled: q times its scale in int16 (vpmullw, q * scale <= 31 * 63)
+    and no scales, for a block that meets several tokens (_k_dot_512 then multiplies nothing)."""
     v32 = ir.VectorType(I16, 32)
     splat = lambda k: ir.Constant(v32, [k] * 32)  # noqa: E731
-    sc32 = builder.zext(sc8, V8I32)
+    sc32, sc16 = builder.zext(sc8, V8I32), builder.zext(sc8, ir.VectorType(I16, 8))
     qh = None
     if qh_at is not None:   # the 16 qh words in both halves
         qh = _load_at(builder, row_, at(qh_at), V16I16)
         qh = builder.shuffle_vector(qh, qh, ir.Constant(ir.VectorType(I32, 32), list(range(16)) * 2))
-    accs = [ir.Constant(ir.VectorType(I32, 16), [0] * 16)] * 4   # four chains: vpdpwssd's latency, not its throughput, bound one
+    qs, scales = {}, {}
     for pg in range(2):
         v = _load_at(builder, row_, at(qs_at + 64 * pg), v32)
         for half in range(2):
             s = (4 * pg + half, 4 * pg + 2 + half)   # the sub-blocks of the low and high 256 bits
-            scale = builder.shuffle_vector(sc32, ir.Constant(sc32.type, None), ir.Constant(ir.VectorType(I32, 16), [s[0]] * 8 + [s[1]] * 8))
+            scales[pg, half] = builder.shuffle_vector(sc32, ir.Constant(sc32.type, None),
+                                                      ir.Constant(ir.VectorType(I32, 16), [s[0]] * 8 + [s[1]] * 8))
             for parity in range(2):
                 shift = 4 * half + 8 * parity
                 q = builder.lshr(v, splat(shift)) if shift else v
@@ -267,9 +277,40 @@ def _k_quants_512(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at):
                     bits = builder.lshr(qh, ir.Constant(v32, [s[0] + 8 * parity] * 16 + [s[1] + 8 * parity] * 16))
                     q = builder.or_(q, builder.and_(builder.shl(bits, splat(4)), splat(16)))
                 assert qp_chunk(s[1], parity) == qp_chunk(s[0], parity) + 16   # one 64-byte load
-                x = _load_at(builder, xp_, builder.add(y, ir.Constant(I64, qp_chunk(s[0], parity))), v32)
-                accs[2 * pg + half] = op.dpwssd(accs[2 * pg + half], q, x)
-            accs[2 * pg + half] = builder.mul(accs[2 * pg + half], scale)
+                qs[pg, half, parity] = q
+            if scaled:
+                scale16 = builder.shuffle_vector(sc16, ir.Constant(sc16.type, None), ir.Constant(ir.VectorType(I32, 32), [s[0]] * 16 + [s[1]] * 16))
+                for parity in range(2):
+                    qs[pg, half, parity] = builder.mul(qs[pg, half, parity], scale16)
+    return qs, ({} if scaled else scales)
+
+
+def _k_dot_512(op, xp_, y, weights):
+    """AVX-512 VNNI, the lanes of _k_dot_256: per (P, half) the two parities accumulate with vpdpwssd, then
+    one vpmulld by the scales of s and s + 2 (eight vpmullw on the weights before: the multiplier was the
+    bottleneck, 11% faster in cache). The high 8 lanes (groups 2P + 1) are added to the low ones at the end:
+    the same integers as _k_dot_256 (each lane < 2**31 before and after)."""
+    builder, (qs, scales) = op.b, weights
+    v32 = ir.VectorType(I16, 32)
+    if not scales:   # weights scaled already: two chains
+        chains = []
+        for pg in range(2):
+            acc = ir.Constant(ir.VectorType(I32, 16), [0] * 16)
+            for half in range(2):
+                for parity in range(2):
+                    x = _load_at(builder, xp_, builder.add(y, ir.Constant(I64, qp_chunk(4 * pg + half, parity))), v32)
+                    acc = op.dpwssd(acc, qs[pg, half, parity], x)
+            chains.append(acc)
+        return _fold16(builder, builder.add(*chains))
+    accs = []   # four chains: vpdpwssd's latency, not its throughput, bound one
+    for pg in range(2):
+        for half in range(2):
+            acc = ir.Constant(ir.VectorType(I32, 16), [0] * 16)
+            for parity in range(2):
+                s0 = 4 * pg + half
+                x = _load_at(builder, xp_, builder.add(y, ir.Constant(I64, qp_chunk(s0, parity))), v32)
+                acc = op.dpwssd(acc, qs[pg, half, parity], x)
+            accs.append(builder.mul(acc, scales[pg, half]) if scales else acc)
     return _fold16(builder, builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3])))
 
 
@@ -293,6 +334,28 @@ def _k_scales_mins(builder, row_, o):
     return shuffle(both, both, list(range(8))), shuffle(both, both, list(range(8, 16)))
 
 
+def _k_terms(op, weights, b, d, dmin, mn32, xd_, xp_, bs_):
+    """Block b's terms for _row_loop: its weights (_k_weights_*) against one token's xd, qp and bsums."""
+    builder = op.b
+    acc = (_k_dot_256 if len(weights[0]) == 16 else _k_dot_512)(op, xp_, builder.mul(b, ir.Constant(I64, 256)), weights)
+    # lane L: elements 4L..4L+3 of each of 8 sub-blocks, 8 x 4 x 31 x 32512 x 63 < 2**31 (Q5_K)
+    pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
+    m = builder.mul(mn32, pairs)  # min[s] * bsums of sub-block s: < 63 * 1.05e6
+    xdb = _load_at(builder, xd_, b, ir.FloatType())
+    return [(builder.sitofp(acc, V8F), builder.fmul(xdb, d))], [(builder.sitofp(m, V8F), builder.fmul(xdb, dmin))]
+
+
+def _k_terms16(op, weights, b, dd16, mn32, xd_, xp_, bs_):
+    """_k_terms in one 16-lane float32 vector (AVX-512): lanes 0..7 the sums' term, 8..15 the mins' term;
+    dd16 = (d x 8, dmin x 8). Lane by lane the same float32 operations, so the same values."""
+    builder = op.b
+    acc = _k_dot_512(op, xp_, builder.mul(b, ir.Constant(I64, 256)), weights)
+    pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
+    both = builder.shuffle_vector(acc, builder.mul(mn32, pairs), ir.Constant(ir.VectorType(I32, 16), list(range(16))))
+    scale = builder.fmul(_splat(builder, _load_at(builder, xd_, b, ir.FloatType()), 16), dd16)
+    return builder.fmul(builder.sitofp(both, ir.VectorType(ir.FloatType(), 16)), scale)
+
+
 def _q4_5_k_row(block_bytes, qh_at, qs_at, wide=False):
     """The row intrinsic of Q4_K (qh_at None) or Q5_K (a fifth bit per weight in 32 bytes at qh_at: bit s of
     byte l belongs to element l of sub-block s). Scales and mins are packed alike in both.
@@ -312,15 +375,8 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at, wide=False):
             at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
             d, dmin = _half_pair(builder, row_, o)
             sc8, mn8 = _k_scales_mins(builder, row_, o)
-            scales = builder.shuffle_vector(sc8, ir.Constant(sc8.type, None), ir.Constant(ir.VectorType(I32, 32), list(range(8)) * 4))
-            y = builder.mul(b, ir.Constant(I64, 256))
-            quants = _k_quants_512 if wide else _k_quants_256
-            acc = quants(op, row_, xp_, at, y, scales, sc8, qh_at, qs_at)
-            # lane L: elements 4L..4L+3 of each of 8 sub-blocks, 8 x 4 x 31 x 32512 x 63 < 2**31 (Q5_K)
-            pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
-            m = builder.mul(builder.zext(mn8, V8I32), pairs)  # min[s] * bsums of sub-block s: < 63 * 1.05e6
-            xdb = _load_at(builder, xd_, b, ir.FloatType())
-            return [(builder.sitofp(acc, V8F), builder.fmul(xdb, d))], [(builder.sitofp(m, V8F), builder.fmul(xdb, dmin))]
+            weights = (_k_weights_512 if wide else _k_weights_256)(builder, row_, at, sc8, qh_at, qs_at)
+            return _k_terms(op, weights, b, d, dmin, builder.zext(mn8, V8I32), xd_, xp_, bs_)
 
         def codegen(context, builder, sig, args):
             return _row_loop(context, builder, sig, args, block_bytes, body)
@@ -329,10 +385,96 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at, wide=False):
     return k_row
 
 
+TOKENS_GROUP = 4   # _q4_5_k_tokens: tokens per pass over a row (2 x 4 float32 accumulators in registers)
+
+
+def _q4_5_k_tokens(block_bytes, qh_at, qs_at, wide):
+    """The row intrinsic of _q4_5_k_row for T tokens at once: each block's scales and quants are unpacked once
+    and meet every token's activations (stacked: xd (T, K/256), xp (T, K), bsums (T, K/16)); out[t, r] is
+    token t's sum, the same operations in the same order as the one-token kernel, so the same bits. For the
+    few tokens of a small chunk or of a MoE expert, where unpacking dominated the token-by-token loop."""
+    arr2 = lambda dt, ro: types.Array(dt, 2, "C", readonly=ro)  # noqa: E731
+
+    @intrinsic
+    def k_tokens(typingctx, row, xd, xp, bsums, out, r):
+        if not (_ok(row) and xd in (arr2(types.float32, True), arr2(types.float32, False))
+                and xp in (arr2(types.int16, True), arr2(types.int16, False))
+                and bsums in (arr2(types.int32, True), arr2(types.int32, False))
+                and out == arr2(types.float32, False) and isinstance(r, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            op = _Ops(context, builder)
+            row_a, xd_a, xp_a, bs_a, out_a = (context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:5], args[:5]))
+            row_, r_ = row_a.data, _i64(builder, args[5])
+            n_t, n_out = cgutils.unpack_tuple(builder, out_a.shape)
+            strides = [cgutils.unpack_tuple(builder, a.shape)[1] for a in (xd_a, xp_a, bs_a)]
+            n_blocks = builder.udiv(row_a.nitems, ir.Constant(I64, block_bytes))
+            zero = ir.Constant(V8F, [0.0] * 8)
+
+            def add(total, terms):   # as _row_loop
+                (lane, scale), = terms
+                return builder.fadd(total, builder.fmul(lane, _splat(builder, scale)))
+
+            def tokens(t0, n):   # tokens t0 .. t0 + n - 1 (n a constant), their sums in registers
+                ptrs = [[builder.gep(a.data, [builder.mul(builder.add(t0, ir.Constant(I64, g)), st)])
+                         for a, st in zip((xd_a, xp_a, bs_a), strides)] for g in range(n)]
+
+                def block(b, accs):
+                    o = builder.mul(b, ir.Constant(I64, block_bytes))
+                    _prefetch_ahead(builder, row_, o, block_bytes)
+                    at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
+                    d, dmin = _half_pair(builder, row_, o)
+                    sc8, mn8 = _k_scales_mins(builder, row_, o)
+                    mn32 = builder.zext(mn8, V8I32)
+                    if wide:   # acc and accm as one 16-lane vector per token
+                        weights = _k_weights_512(builder, row_, at, sc8, qh_at, qs_at, scaled=True)
+                        dd16 = builder.shuffle_vector(_splat(builder, d), _splat(builder, dmin), ir.Constant(ir.VectorType(I32, 16), list(range(16))))
+                        return [builder.fadd(accs[g], _k_terms16(op, weights, b, dd16, mn32, *ptrs[g])) for g in range(n)]
+                    weights, new = _k_weights_256(builder, row_, at, sc8, qh_at, qs_at), []
+                    for g in range(n):
+                        terms, mterms = _k_terms(op, weights, b, d, dmin, mn32, *ptrs[g])
+                        new += [add(accs[2 * g], terms), add(accs[2 * g + 1], mterms)]
+                    return new
+
+                if wide:
+                    acc16 = _loop(builder, n_blocks, [ir.Constant(ir.VectorType(ir.FloatType(), 16), [0.0] * 16)] * n, block)
+                    accs = [builder.shuffle_vector(a, a, ir.Constant(V8I32, list(range(h, h + 8)))) for a in acc16 for h in (0, 8)]
+                else:
+                    accs = _loop(builder, n_blocks, [zero] * (2 * n), block)
+                for g in range(n):
+                    total = builder.fsub(_lane_sum(builder, accs[2 * g]), _lane_sum(builder, accs[2 * g + 1]))
+                    at = builder.add(builder.mul(builder.add(t0, ir.Constant(I64, g)), n_out), r_)
+                    builder.store(builder.fptrunc(total, ir.FloatType()), builder.gep(out_a.data, [at]))
+
+            def group(i, _):   # up to GROUP tokens per pass over the row
+                t0 = builder.mul(i, ir.Constant(I64, TOKENS_GROUP))
+                left = builder.sub(n_t, t0)
+
+                def pick(n):   # the variant for min(left, n) tokens
+                    if n == 1:
+                        return tokens(t0, 1)
+                    with builder.if_else(builder.icmp_signed(">=", left, ir.Constant(I64, n))) as (then, otherwise):
+                        with then:
+                            tokens(t0, n)
+                        with otherwise:
+                            pick(n - 1)
+                pick(TOKENS_GROUP)
+                return []
+            _loop(builder, builder.udiv(builder.add(n_t, ir.Constant(I64, TOKENS_GROUP - 1)), ir.Constant(I64, TOKENS_GROUP)), [], group)
+            return context.get_dummy_value()
+
+        return types.none(row, xd, xp, bsums, out, r), codegen
+    return k_tokens
+
+
 q4_k_row = _q4_5_k_row(144, None, 16)   # sum_e w[e] * x[e] over a Q4_K row, x as activations.py's (xd, qp, bsums)
 q5_k_row = _q4_5_k_row(176, 16, 48)     # ... over a Q5_K row
 q4_k_row512 = _q4_5_k_row(144, None, 16, wide=True)   # the same, AVX-512 VNNI
 q5_k_row512 = _q4_5_k_row(176, 16, 48, wide=True)
+# ... for several tokens at once (out[t, r])
+q4_k_tokens, q5_k_tokens = _q4_5_k_tokens(144, None, 16, False), _q4_5_k_tokens(176, 16, 48, False)
+q4_k_tokens512, q5_k_tokens512 = _q4_5_k_tokens(144, None, 16, True), _q4_5_k_tokens(176, 16, 48, True)
 
 
 @intrinsic

@@ -161,14 +161,18 @@ def test_portable_and_simd_paths_bit_identical(ggml_type, path, monkeypatch):
     for p in ("portable", path):
         monkeypatch.setattr(qk, "INT_PATH", p)
         results.append([matvec(w, x), matmul(w, xs)])
+        # the few-tokens kernels (_DECODE_TOKENS: 2, 3, then 4 + 1 tokens a pass) against each token's matvec
+        for t in (2, 3, 5):
+            by_token = np.stack([matvec(w, v) for v in xs[:t]])
+            np.testing.assert_array_equal(qk._tokens_matmul(w, qk._token_activations(256, xs[:t])), by_token, err_msg=f"{p} T={t}")
     for a, b in zip(*results):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-@pytest.mark.parametrize("ggml_type, below", [(T.Q4_K, 4), (T.Q8_0, 20)], ids=["Q4_K", "Q8_0"])
+@pytest.mark.parametrize("ggml_type, below", [(T.Q4_K, 5), (T.Q5_K, 5), (T.Q6_K, 4), (T.Q8_0, 20)], ids=["Q4_K", "Q5_K", "Q6_K", "Q8_0"])
 def test_small_chunks_go_token_by_token(ggml_type, below):
     """Below kernels._matvec_below tokens, matmul and matmuls give each token's matvec, bit for bit; at it,
-    the chunk's own path (integer prefill for Q4_K, dequantize + sgemm for Q8_0) runs instead."""
+    the chunk's own path (integer prefill for the K-quants, dequantize + sgemm for Q8_0) runs instead."""
     w = random_tensor(ggml_type, (N, K), seed=17)
     xs = np.random.default_rng(18).standard_normal((below, K)).astype(np.float32)
     by_token = np.stack([matvec(w, v) for v in xs])
