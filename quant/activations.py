@@ -169,3 +169,44 @@ def quantize_activations32(x: np.ndarray):
     q16 = np.empty(x.size, np.int16)
     quantize32(x, d, q16, s32)
     return d, q16, s32
+
+
+# --- prefill of the 32-block types (kernels._int_matmul32): blocks interleaved sixteen at a time ---
+
+def interleave32(k: int) -> int:
+    """K padded to whole groups of 16 blocks of 32 (512), the row length of the interleaved layout: in each
+    group, int32 pair j (elements 2 j, 2 j + 1) of block i sits at pair 16 j + i, so that lane i of a
+    pairwise multiply-add meets block i only (simd_prefill.w32_4x2)."""
+    return -(-k // 512) * 512
+
+
+@njit_parallel
+def _quantize_prefill32(x, d, q16, sx):
+    for t in prange(x.shape[0]):
+        bits = x[t].view(np.uint32)
+        for b in range(d.shape[1]):
+            base = 512 * (b // 16) + 2 * (b % 16)
+            if 32 * b >= x.shape[1]:   # padding: d = 0, q16 = 0
+                d[t, b], sx[t, b] = 0, 0
+                for e in range(32):
+                    q16[t, base + 32 * (e // 2) + e % 2] = 0
+                continue
+            d[t, b], inv = _block_scale(bits, 32 * b, 32)
+            s = np.int32(0)
+            for e in range(32):
+                q = _round(x[t, 32 * b + e], inv)
+                q16[t, base + 32 * (e // 2) + e % 2] = q
+                s += q
+            sx[t, b] = np.float32(s) * d[t, b]
+
+
+def quantize_prefill32(x: np.ndarray):
+    """x (T, K) float32 contiguous, K % 32 == 0 -> d (T, Kp/32) f32 per block of 32 (as quantize32), q16
+    (T, Kp) int16 interleaved (interleave32, cache-line aligned), sx (T, Kp/32) f32: d times the block's
+    sum of q16; Kp = interleave32(K), the padding zero."""
+    t, k = x.shape
+    kp = interleave32(k)
+    d, sx = np.empty((t, kp // 32), np.float32), np.empty((t, kp // 32), np.float32)
+    q16 = aligned_int16(t * kp).reshape(t, kp)
+    _quantize_prefill32(x, d, q16, sx)
+    return d, q16, sx

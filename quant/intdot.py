@@ -24,7 +24,9 @@ from .jit import half_to_f32, njit
 from .q6_k import quant
 from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q4_k_row, q4_k_row512, q4_k_tokens, q4_k_tokens512, q5_k_row,
                    q5_k_row512, q5_k_tokens, q5_k_tokens512, q6_k_row, q6_k_row512, q8_0_row, q8_0_row32)
-from .simd_prefill import mins8, q4_k_unpack16, q5_k_unpack16, q6_k_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512
+from .simd_prefill import (mins8, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2,
+                           w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512, w32_4x2, w32_4x2_512, w32_4x2_nomins,
+                           w32_4x2_nomins_512)
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -381,3 +383,113 @@ def w16_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
 @njit
 def w16_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
     w16_4x2_nomins_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+# --- prefill of the types with blocks of 32: sixteen blocks interleaved (simd_prefill.w32_4x2) ---
+
+@njit(inline="always")
+def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):
+    """Groups g0 .. g0 + sg (16 blocks each) of Q4_0 / Q4_1 / Q8_0 rows (kind 0, 1, 2) r0 .. r0 + nr - 1
+    (n_out of them, the last one repeated) -> w16 interleaved (row i at 512 sg i), dsc = d and msc = m
+    (Q4_1; else 0) by block (row i at 16 sg i). Blocks past the row's end get d = m = 0 (and whatever
+    weights: their activations are 0); a partial last group is unpacked from a zero-padded copy."""
+    nbytes = Q8_0_BYTES if kind == 2 else 18 + 2 * kind
+    nb = rows.shape[1] // nbytes
+    pad = np.zeros(16 * nbytes, np.uint8)
+    for i in range(n_out):
+        row = rows[r0 + min(i, nr - 1)]
+        for gg in range(sg):
+            g, j = g0 + gg, (i * sg + gg) * 16
+            nv = min(16, nb - 16 * g)
+            for bi in range(16):
+                o = (16 * g + bi) * nbytes
+                dsc[j + bi] = half_to_f32(f16_bits(row, o)) if bi < nv else np.float32(0)
+                msc[j + bi] = half_to_f32(f16_bits(row, o + 2)) if bi < nv and kind == 1 else np.float32(0)
+            src, o = row, 16 * g * nbytes
+            if nv < 16:
+                pad[:nv * nbytes] = row[o:o + nv * nbytes]
+                src, o = pad, 0
+            else:
+                for line in range(0, 16 * nbytes, 64):
+                    prefetch_block(row, o + line, 64)
+            if kind == 0:
+                q4_0_unpack16(src, o, w16, 32 * j)
+            elif kind == 1:
+                q4_1_unpack16(src, o, w16, 32 * j)
+            else:
+                q8_0_unpack16(src, o, w16, 32 * j)
+
+
+@njit
+def unpack32_q4_0(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 0)
+
+
+@njit
+def unpack32_q4_1(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 1)
+
+
+@njit
+def unpack32_q8_0(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 2)
+
+
+@njit(inline="always")
+def w32_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
+    """Portable simd_prefill.w32_4x2 for one (row, token): lane i sums block 16 g + i of group g exactly,
+    acc[i] += f32(lane i) * (xd * d), then (mins) acc[i] += m * sx, group by group; tree8(acc[i] + acc[i + 8])."""
+    acc, lanes = np.zeros(16, np.float32), np.empty(16, np.int32)
+    for g in range(w16.size // 512):
+        lanes[:] = 0
+        for e in range(512 * g, 512 * g + 512):
+            lanes[(e % 32) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
+        for i in range(16):
+            b = 16 * g + i
+            acc[i] += np.float32(lanes[i]) * (xd[bo + b] * dsc[b])
+            if mins:
+                acc[i] += msc[b] * px[bo + b]
+    return np.float64(_tree8(acc[:8] + acc[8:]))
+
+
+@njit(inline="always")
+def w32_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins):
+    """Portable simd_prefill.w32_4x2, as w16_4x2_loop."""
+    k = w16.size // (4 * out.shape[0])
+    nbk = k // 32
+    for q in range(out.shape[0]):
+        for j in range(out.shape[1] // 8):
+            for p in range(8):
+                r, t = 4 * q + p // 2, 2 * j + p % 2
+                out[q, 8 * j + p] += w32_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nbk:(r + 1) * nbk], msc[r * nbk:(r + 1) * nbk],
+                                                  x16, xd, px, xo + t * xs, bo + t * (xs // 32), mins)
+
+
+@njit
+def w32_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True)
+
+
+@njit
+def w32_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False)
+
+
+@njit
+def w32_4x2_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w32_4x2_nomins_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_nomins(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w32_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w32_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_nomins_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)

@@ -15,7 +15,7 @@ from numba import get_num_threads, prange, types
 from gguf import GGMLQuantizationType as T
 
 from . import intdot
-from .activations import aligned_int16, quantize_activations, quantize_activations32, quantize_prefill
+from .activations import aligned_int16, quantize_activations, quantize_activations32, quantize_prefill, quantize_prefill32
 from .formats import FORMATS
 from .jit import (DEQUANT_SIG, DOT16_SIG, DOT16T_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
                   blas_threads, kernel_address, njit, njit_parallel, pointer_call)
@@ -115,28 +115,31 @@ def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
 
 @njit_parallel(types.void(KERNEL, KERNEL, ROWS,
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
-                         OUT2, types.int64, types.int64))
-def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg):
-    """x16 (T, K) with T even, xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd) -> out (T, N).
-    A thread takes block_rows rows at a time and goes along K by segments of seg blocks: it unpacks its rows'
-    segment (block_rows x seg 256 int16, sized to stay in L2 beside the tokens' segment), then meets each four
-    of them (the last row repeated to fill the last four; 4 seg 512 bytes, in L1) with the tokens two at a
-    time. A (row, token) sums its segments' results in float64, in order."""
+                         OUT2, *(types.int64,) * 5))
+def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg, unit, dper, mper):
+    """x16 (T, K) with T even, xd and px the tokens' scales -> out (T, N). K-quants (unit 256, dper 1, mper 8):
+    xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd); blocks of 32 (unit 512: 16 blocks
+    interleaved, dper = mper = 16): xd and px (T, K/32), K padded (activations.interleave32).
+    A thread takes block_rows rows at a time and goes along K by segments of seg units: it unpacks its rows'
+    segment (block_rows x seg unit int16, sized to stay in L2 beside the tokens' segment; dper and mper
+    scales per unit), then meets each four of them (the last row repeated to fill the last four; in L1)
+    with the tokens two at a time. A (row, token) sums its segments' results in float64, in order."""
     n_t, k = x16.shape
-    nb, n = k // 256, rows.shape[0]
+    nb, n = k // unit, rows.shape[0]
     xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
     for task in prange((n + block_rows - 1) // block_rows):
         r0 = task * block_rows
         nr = min(block_rows, n - r0)
         nq = (nr + 3) // 4
-        w16 = aligned_int16(4 * nq * seg * 256)
-        dsc, msc = np.empty(4 * nq * seg, np.float32), np.empty(32 * nq * seg, np.float32)
+        w16 = aligned_int16(4 * nq * seg * unit)
+        dsc, msc = np.empty(4 * nq * seg * dper, np.float32), np.empty(4 * nq * seg * mper, np.float32)
         acc = np.zeros((nq, 4 * n_t), np.float64)   # acc[q, 8 j + 2 r + t]: row 4 q + r, token 2 j + t
         for b0 in range(0, nb, seg):
             sb = min(seg, nb - b0)
-            ks = 256 * sb
+            ks = unit * sb
             _call_unpack16(unpack, (rows, r0, nr, 4 * nq, b0, sb, w16, dsc, msc))
-            _call_4x2(dot4x2, (w16[:4 * nq * ks], dsc[:4 * nq * sb], msc[:32 * nq * sb], xf, df, pf, 256 * b0, b0, k, acc))
+            _call_4x2(dot4x2, (w16[:4 * nq * ks], dsc[:4 * nq * sb * dper], msc[:4 * nq * sb * mper], xf, df, pf,
+                               unit * b0, dper * b0, k, acc))
         for t in range(n_t):   # along out's rows: by columns, each write would take a cache line of its own
             for i in range(nr):
                 out[t, r0 + i] = acc[i // 4, 8 * (t // 2) + 2 * (i % 4) + t % 2]
@@ -159,11 +162,19 @@ _DECODE_TOKENS = {T.Q4_K: {"portable": intdot.dots_q4_k, "avx2": intdot.dots_q4_
 _DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_avx2, "avx512": intdot.dot32_q4_0_avx2},
              T.Q4_1: {"portable": intdot.dot32_q4_1, "avx2": intdot.dot32_q4_1_avx2, "avx512": intdot.dot32_q4_1_avx2},
              T.Q8_0: {"portable": intdot.dot32_q8_0, "avx2": intdot.dot32_q8_0_avx2, "avx512": intdot.dot32_q8_0_avx2}}
-# Prefill's unpack (None: that type's prefill dequantizes for BLAS) and two-by-two kernel per path
-_UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q5_K: intdot.unpack_q5_k, T.Q6_K: intdot.unpack_q6_k, T.Q8_0: None}
+# Prefill's unpack and four-by-two kernel per path, K-quants (the types in neither this nor _UNPACK32
+# dequantize for BLAS)
+_UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q5_K: intdot.unpack_q5_k, T.Q6_K: intdot.unpack_q6_k}
 _W4X2 = {"portable": intdot.w16_4x2_portable, "avx2": intdot.w16_4x2_avx2, "avx512": intdot.w16_4x2_avx512}
 _W4X2_NOMINS = {"portable": intdot.w16_4x2_nomins_portable, "avx2": intdot.w16_4x2_nomins_avx2,   # Q6_K
                 "avx512": intdot.w16_4x2_nomins_avx512}
+
+
+# ... of the 32-block types (any K, a multiple of 32): sixteen blocks interleaved (intdot.unpack32_*, w32_4x2)
+_UNPACK32 = {T.Q4_0: intdot.unpack32_q4_0, T.Q4_1: intdot.unpack32_q4_1, T.Q8_0: intdot.unpack32_q8_0}
+_W32 = {"portable": intdot.w32_4x2_portable, "avx2": intdot.w32_4x2_avx2, "avx512": intdot.w32_4x2_avx512}   # Q4_1
+_W32_NOMINS = {"portable": intdot.w32_4x2_nomins_portable, "avx2": intdot.w32_4x2_nomins_avx2,
+               "avx512": intdot.w32_4x2_nomins_avx512}
 
 
 def _l2_bytes(default: int = 512 << 10) -> int:
@@ -204,6 +215,12 @@ def _int_kernel32(ggml_type: int, path: str):
 # a few tokens, quantizer
 _SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, _dot16_tokens, quantize_activations),
             32: (_int_kernel32, _dot32_rows, _dot32_rows3, _dot32_tokens, quantize_activations32)}
+
+
+@cache
+def _prefill_kernels32(ggml_type: int, path: str):
+    dot4x2 = (_W32 if ggml_type == T.Q4_1 else _W32_NOMINS)[path]
+    return kernel_address(_UNPACK32[ggml_type], UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG)
 
 
 @cache
@@ -263,14 +280,14 @@ _NO_ROWS, _NO_OUT = np.empty((0, 1), np.uint8), np.empty(0, np.float32)
 def _matvec_below(w: QuantizedTensor, exact: bool) -> int:
     """Chunks of fewer tokens than this go token by token through w's decode kernel (_tokens_matmul, one launch;
     a row is read from memory for the first token, from cache for the next), where the prefill kernel first
-    unpacks each row (as much work as ~3 tokens' decode) and the sgemm path dequantizes it (as much as ~20). Zen 5, 2 threads: Mixtral expert
-    ffn_gate Q4_K at T=2 2.45 -> 1.31 ms, attn_output Q5_K at T=8 3.44 -> 1.74 ms (even at T=32); a whole
-    SmolLM2 prefill (Q4_1) at T=8 58 -> 30 ms, T=16 67 -> 61, T=24 75 -> 86. Q4_K and Q5_K take all the tokens
-    in one kernel call per row (_DECODE_TOKENS), which wins up to 4 tokens (14336 x 4096 Q4_K at T=4: 1.7 ms
-    against the prefill kernel's 2.1; at T=5 and more the tokens' activations no longer fit in L1)."""
+    unpacks each row (as much work as ~3 tokens' decode). Zen 5, 2 threads: Mixtral expert ffn_gate Q4_K at
+    T=2 2.45 -> 1.31 ms. Q4_K and Q5_K take all the tokens in one kernel call per row (_DECODE_TOKENS), which
+    wins up to 4 tokens (14336 x 4096 Q4_K at T=4: 1.7 ms against the prefill kernel's 2.1; from 5 tokens on
+    their activations no longer fit in L1). The 32-block types' prefill kernel wins from 4 tokens (SmolLM2's
+    1536 x 576 Q4_1 at T=4: 0.091 against 0.105 ms, 4096 x 4096 Q8_0: 0.66 against 1.0 ms)."""
     if exact or _int_scheme(w) is None:
         return 2
-    return 5 if w.ggml_type in _DECODE_TOKENS else 4 if _UNPACK.get(w.ggml_type) else 20
+    return 5 if w.ggml_type in _DECODE_TOKENS else 4
 
 
 def _token_activations(scheme: int, x: np.ndarray):
@@ -330,6 +347,8 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
         return _tokens_matmul(w, _token_activations(_int_scheme(w), x))
     if not exact and _UNPACK.get(w.ggml_type):
         return _int_matmul(w, _prefill_activations(x))
+    if not exact and w.ggml_type in _UNPACK32:
+        return _int_matmul32(w, _prefill_activations(x, quantize_prefill32))
     return _blas_matmul(w, x)
 
 
@@ -365,13 +384,13 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prefill_activations(x: np.ndarray):
-    """(T, K) -> (T, acts) for _int_matmul: acts = activations.quantize_prefill of x, with a zero token after
-    an odd count (the kernels take tokens two at a time; its results are dropped)."""
+def _prefill_activations(x: np.ndarray, quantize=quantize_prefill):
+    """(T, K) -> (T, acts) for _int_matmul (_int_matmul32: quantize_prefill32): acts = quantize(x), with a
+    zero token after an odd count (the kernels take tokens two at a time; its results are dropped)."""
     n_t = x.shape[0]
     if n_t % 2:
         x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])
-    return n_t, quantize_prefill(x)
+    return n_t, quantize(x)
 
 
 def _int_matmul(w: QuantizedTensor, acts) -> np.ndarray:
@@ -384,7 +403,22 @@ def _int_matmul(w: QuantizedTensor, acts) -> np.ndarray:
     block_rows = max(16, TILE_BYTES // 2 // seg_bytes // 4 * 4)
     for t0 in range(0, q16.shape[0], tile):   # each tile's results go straight to its rows of out
         t1 = min(q16.shape[0], t0 + tile)
-        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1], block_rows, SEG_BLOCKS)
+        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1], block_rows, SEG_BLOCKS, 256, 1, 8)
+    return out[:n_t]
+
+
+def _int_matmul32(w: QuantizedTensor, acts) -> np.ndarray:
+    """_int_matmul for the 32-block types: sixteen blocks interleaved (activations.quantize_prefill32)."""
+    n_t, (xd, q16, sx) = acts
+    unpack, dot4x2 = _prefill_kernels32(w.ggml_type, INT_PATH)
+    out = np.empty((q16.shape[0], w.shape[0]), np.float32)
+    seg = max(1, SEG_BLOCKS // 2)   # groups of 512: the K-quants' segment in bytes
+    seg_bytes = 2 * 512 * min(seg, q16.shape[1] // 512)
+    tile = max(8, TILE_BYTES // seg_bytes // 8 * 8)
+    block_rows = max(16, TILE_BYTES // 2 // seg_bytes // 4 * 4)
+    for t0 in range(0, q16.shape[0], tile):
+        t1 = min(q16.shape[0], t0 + tile)
+        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], sx[t0:t1], out[t0:t1], block_rows, seg, 512, 16, 16)
     return out[:n_t]
 
 

@@ -210,3 +210,144 @@ _SUM8X8_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 w16_4x2, w16_4x2_nomins = _w16_4x2(False, True), _w16_4x2(False, False)
 # the same lanes, 32 weights per vpdpwssd (AVX-512 VNNI)
 w16_4x2_512, w16_4x2_nomins_512 = _w16_4x2(True, True), _w16_4x2(True, False)
+
+
+# --- prefill of the types with blocks of 32 (Q4_0, Q4_1, Q8_0): blocks interleaved sixteen at a time ---
+
+def _w32_4x2(wide, mins):
+    @intrinsic
+    def w32_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+        """As w16_4x2 for rows of 32-blocks, laid out by activations.interleave32: each 512 weights hold 16
+        blocks, int32 pair i of every 32 from block i, so lane i of a vpdpwssd (pmaddwd: two passes of 8)
+        sums block i alone and 16 of them give 16 blocks' exact integer sums, which float32 then scales
+        lane by lane: acc[i] += f32(lane i) * (xd * d) per group, and for Q4_1 (mins) acc[i] += m * sx,
+        m the block's offset, sx = xd times the sum of its q16. dsc, msc (4 Q K/32,): d and m by block;
+        xd, px (xs/32 per token from bo): the tokens' xd and sx by block. The result is tree8(acc[i] +
+        acc[i + 8])."""
+        if not (w16 in I16ARR and dsc in F32ARR and msc in F32ARR and x16 in I16ARR and xd in F32ARR and px in F32ARR
+                and all(isinstance(a, types.Integer) for a in (xo, bo, xs)) and out == types.Array(types.float64, 2, "C")):
+            return None
+
+        def codegen(context, builder, sig, args):
+            arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
+            w0, dsc0, msc0, x_, xd_, px_, out0 = (a.data for a in arrs)
+            xo0, bo0, xs_ = (_i64(builder, a) for a in args[6:9])
+            n_quads, n_cols = cgutils.unpack_tuple(builder, arrs[6].shape)
+            c = lambda v: ir.Constant(I64, v)  # noqa: E731
+            k = builder.udiv(arrs[0].nitems, builder.mul(n_quads, c(4)))
+            ng, nbk, xsb = builder.udiv(k, c(512)), builder.udiv(k, c(32)), builder.udiv(xs_, c(32))
+            op = _Ops(context, builder)
+            lanes = 16 if wide else 8
+            vf, vi, vw = ir.VectorType(ir.FloatType(), lanes), ir.VectorType(I32, lanes), ir.VectorType(I16, 2 * lanes)
+            # AVX-512: four rows and 16 lanes at once; AVX2: two rows at a time, lanes 0..7 then 8..15
+            passes = [((0, 1, 2, 3), 0)] if wide else [(rows, h) for rows in ((0, 1), (2, 3)) for h in (0, 1)]
+            state = {}
+
+            def quad(q, _):
+                state["w"] = builder.gep(w0, [builder.mul(q, builder.mul(k, c(4)))])
+                state["d"] = builder.gep(dsc0, [builder.mul(q, builder.mul(nbk, c(4)))])
+                state["m"] = builder.gep(msc0, [builder.mul(q, builder.mul(nbk, c(4)))])
+                state["out"] = builder.gep(out0, [builder.mul(q, n_cols)])
+                _loop(builder, builder.udiv(n_cols, c(8)), [], token_pair)
+                return []
+
+            def token_pair(j, _):
+                xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
+                bo_ = builder.add(bo0, builder.mul(j, builder.add(xsb, xsb)))
+                toks, blocks = (xo_, builder.add(xo_, xs_)), (bo_, builder.add(bo_, xsb))
+                finals = {}
+                for rows, h in passes:
+                    keys = [(wi, xi) for wi in rows for xi in range(2)]
+
+                    def step(g, accs):
+                        y = builder.add(builder.mul(g, c(512)), c(16 * h))
+                        ints = [ir.Constant(vi, [0] * lanes)] * len(keys)
+                        for jj in range(16):
+                            e = builder.add(y, c(32 * jj))
+                            ws = {wi: _load_at(builder, state["w"], builder.add(builder.mul(k, c(wi)), e), vw) for wi in rows}
+                            xv = [_load_at(builder, x_, builder.add(t, e), vw) for t in toks]
+                            ints = [op.dpwssd(ints[p], ws[wi], xv[xi]) if wide else builder.add(ints[p], op.madd(ws[wi], xv[xi]))
+                                    for p, (wi, xi) in enumerate(keys)]
+                        b = builder.add(builder.mul(g, c(16)), c(8 * h))
+                        at_row = lambda wi: builder.add(builder.mul(nbk, c(wi)), b)  # noqa: E731
+                        ds = {wi: _load_at(builder, state["d"], at_row(wi), vf) for wi in rows}
+                        xds = [_load_at(builder, xd_, builder.add(t, b), vf) for t in blocks]
+                        new = []
+                        for p, (wi, xi) in enumerate(keys):
+                            acc = builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf), builder.fmul(xds[xi], ds[wi])))
+                            if mins:
+                                m = _load_at(builder, state["m"], at_row(wi), vf)
+                                acc = builder.fadd(acc, builder.fmul(m, _load_at(builder, px_, builder.add(blocks[xi], b), vf)))
+                            new.append(acc)
+                        return new
+
+                    for key, acc in zip(keys, _loop(builder, ng, [ir.Constant(vf, [0.0] * lanes)] * len(keys), step)):
+                        finals.setdefault(key, []).append(acc)
+
+                sums = [_fold16(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]
+                total = builder.fpext(_sum8x8(builder, sums), ir.VectorType(ir.DoubleType(), 8))
+                for lane, p in enumerate(_SUM8X8_ORDER):   # out[8 j + p] += total[lane]
+                    ptr = builder.gep(state["out"], [builder.add(builder.mul(j, c(8)), c(p))])
+                    builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(I32, lane))), ptr)
+                return []
+
+            _loop(builder, n_quads, [], quad)
+            return context.get_dummy_value()
+
+        return types.none(w16, dsc, msc, x16, xd, px, xo, bo, xs, out), codegen
+    return w32_4x2
+
+
+w32_4x2, w32_4x2_nomins = _w32_4x2(False, True), _w32_4x2(False, False)
+w32_4x2_512, w32_4x2_nomins_512 = _w32_4x2(True, True), _w32_4x2(True, False)
+
+
+def _b32_unpack16(kind):
+    """Sixteen blocks of Q4_0 (kind 0: q - 8), Q4_1 (1: q) or Q8_0 (2: q) from row[o:], interleaved into 512
+    int16 at w16[y:]: int32 pair j (elements 2 j, 2 j + 1) of block i at pair 16 j + i (activations.interleave32).
+    Each block's 16 pairs are one <16 x i32>; the 16 x 16 transpose is four rounds of two-input shuffles."""
+    nbytes = (18, 20, 34)[kind]
+
+    @intrinsic
+    def unpack(typingctx, row, o, w16, y):
+        if not (_ok(row) and w16 == I16ARR_W and isinstance(o, types.Integer) and isinstance(y, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            rp = context.make_array(sig.args[0])(context, builder, args[0]).data
+            wp = context.make_array(sig.args[2])(context, builder, args[2]).data
+            o_, y_ = _i64(builder, args[1]), _i64(builder, args[3])
+            v16i32, v32i16 = ir.VectorType(I32, 16), ir.VectorType(I16, 32)
+            rows = []
+            for i in range(16):
+                at = builder.add(o_, ir.Constant(I64, nbytes * i + 2 + 2 * (kind == 1)))
+                if kind == 2:
+                    q = builder.sext(_load_at(builder, rp, at, V32I8), v32i16)
+                else:   # element l < 16: low nibble of byte l; 16 + l: its high nibble
+                    v = _load_at(builder, rp, at, V16I8)
+                    both = builder.shuffle_vector(builder.and_(v, ir.Constant(V16I8, [15] * 16)), builder.lshr(v, ir.Constant(V16I8, [4] * 16)),
+                                                  ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+                    q = builder.zext(both, v32i16)
+                    if kind == 0:
+                        q = builder.sub(q, ir.Constant(v32i16, [8] * 32))
+                rows.append(builder.bitcast(q, v16i32))
+            s = 8
+            while s:   # swap the off-diagonal s x s blocks of every 2s x 2s block
+                new = list(rows)
+                for i in range(16):
+                    if i & s:
+                        continue
+                    lo = [j if not j & s else 16 + j - s for j in range(16)]
+                    hi = [j + s if not j & s else 16 + j for j in range(16)]
+                    new[i] = builder.shuffle_vector(rows[i], rows[i + s], ir.Constant(ir.VectorType(I32, 16), lo))
+                    new[i + s] = builder.shuffle_vector(rows[i], rows[i + s], ir.Constant(ir.VectorType(I32, 16), hi))
+                rows, s = new, s // 2
+            for j in range(16):
+                _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * j)), rows[j])
+            return context.get_dummy_value()
+
+        return types.none(row, o, w16, y), codegen
+    return unpack
+
+
+q4_0_unpack16, q4_1_unpack16, q8_0_unpack16 = (_b32_unpack16(kind) for kind in range(3))

@@ -17,7 +17,7 @@ from gguf import GGUFReader
 from quant import (SUPPORTED_TYPES, QuantizedTensor, UnsupportedTypeError, dequantize, get_rows,
                    matmul, matmuls, matvec)
 from quant.formats import FORMATS
-from quant.kernels import _DECODE as INT_KERNELS, _DECODE32, _UNPACK
+from quant.kernels import _DECODE as INT_KERNELS, _DECODE32, _DECODE_TOKENS, _UNPACK, _UNPACK32
 
 K = 768  # a multiple of every block size (3 super-blocks)
 N = 37  # odd, so rows do not split evenly between threads
@@ -115,8 +115,8 @@ def test_integer_path_vs_float64(ggml_type, monkeypatch):
         xs = (rng.standard_normal((t, K)) * rng.uniform(0.01, 100, (t, 1))).astype(np.float32)
         ys = matmul(w, xs)
         assert_close(ys, xs.astype(np.float64) @ wf.T, f"{ggml_type.name} matmul T={t}", rel=1e-3)
-        if _UNPACK[ggml_type] is None:
-            continue   # prefill dequantizes and uses BLAS: checked above against float64 only
+        if ggml_type not in _UNPACK:
+            continue   # Q8_0's prefill quantizes x per 32 (_int_matmul32), its decode per 256: checked above against float64
         # integer prefill (int16 weights x 16-bit activations) and decode (two int8 planes,
         # simd.q4_k_row) round differently, by about 1e-7 of the result
         decode = np.stack([matvec(w, v) for v in xs]).astype(np.float64)
@@ -144,6 +144,38 @@ def test_integer_path_of_32_blocks(ggml_type, k, monkeypatch):
             results[path] = matvec(w, x).view(np.uint32)
     for path, got in results.items():
         np.testing.assert_array_equal(got, results["portable"], err_msg=path)
+    # prefill (_int_matmul32: sixteen blocks interleaved, K = 576 ends in a partial group): close to float64,
+    # the same bits on every path, the same on one thread and two
+    monkeypatch.setattr(qk, "TILE_BYTES", 1 << 14)   # several token tiles and row blocks
+    xs = (np.random.default_rng(23).standard_normal((41, k)) * np.random.default_rng(24).uniform(0.01, 100, (41, 1))).astype(np.float32)
+    ref = xs.astype(np.float64) @ dequantize(w).astype(np.float64).T
+    prefill = {}
+    for path in results:
+        monkeypatch.setattr(qk, "INT_PATH", path)
+        prefill[path] = [matmul(w, xs[:t]) for t in (4, 41)]
+        for t, got in zip((4, 41), prefill[path]):
+            assert_close(got, ref[:t], f"{ggml_type.name} K={k} T={t} {path}", rel=1e-3)
+            np.testing.assert_array_equal(got.view(np.uint32), prefill["portable"][t > 4].view(np.uint32), err_msg=path)
+
+
+def test_prefill32_quantization_matches_reference():
+    """activations.quantize_prefill32: per token the d of quantize32_reference, its q16 interleaved sixteen
+    blocks at a time (pair j of block i at pair 16 j + i of each 512), zero padding, sx = d * the block's sum."""
+    from quant.activations import interleave32, quantize32_reference, quantize_prefill32
+    x = (np.random.default_rng(25).standard_normal((3, 576)) * 10).astype(np.float32)
+    x[1, 64:96] = 0   # an all-zero block: d = 0
+    d, q16, sx = quantize_prefill32(x)
+    kp = interleave32(576)
+    assert kp == 1024 and d.shape == sx.shape == (3, kp // 32) and q16.shape == (3, kp) and q16.ctypes.data % 64 == 0
+    for t in range(3):
+        rd, rq, rs = quantize32_reference(x[t])
+        np.testing.assert_array_equal(d[t, :18], rd)
+        assert not d[t, 18:].any() and not sx[t, 18:].any()
+        np.testing.assert_array_equal(sx[t, :18], rs.astype(np.float32) * rd)
+        blocks = np.zeros((kp // 32, 32), np.int16)
+        blocks[:18] = rq.reshape(18, 32)
+        pairs = blocks.reshape(-1, 16, 16, 2)   # (group, block i, pair j, 2)
+        np.testing.assert_array_equal(q16[t].reshape(-1, 16, 16, 2), pairs.transpose(0, 2, 1, 3))
 
 
 @pytest.mark.parametrize("path", ["avx2", "avx512"])
@@ -169,10 +201,11 @@ def test_portable_and_simd_paths_bit_identical(ggml_type, path, monkeypatch):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-@pytest.mark.parametrize("ggml_type, below", [(T.Q4_K, 5), (T.Q5_K, 5), (T.Q6_K, 4), (T.Q8_0, 20)], ids=["Q4_K", "Q5_K", "Q6_K", "Q8_0"])
+@pytest.mark.parametrize("ggml_type, below", [(T.Q4_K, 5), (T.Q5_K, 5), (T.Q6_K, 4), (T.Q8_0, 4), (T.Q4_1, 4)],
+                         ids=["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_1"])
 def test_small_chunks_go_token_by_token(ggml_type, below):
     """Below kernels._matvec_below tokens, matmul and matmuls give each token's matvec, bit for bit; at it,
-    the chunk's own path (integer prefill for the K-quants, dequantize + sgemm for Q8_0) runs instead."""
+    the chunk's integer prefill runs instead."""
     w = random_tensor(ggml_type, (N, K), seed=17)
     xs = np.random.default_rng(18).standard_normal((below, K)).astype(np.float32)
     by_token = np.stack([matvec(w, v) for v in xs])
@@ -351,12 +384,13 @@ def test_second_process_compiles_nothing():
         w = QuantizedTensor("w", 12, (3, 768), np.zeros((3, 3 * 144), np.uint8))   # Q4_K
         qk.matmuls([w, w], np.ones((1, 768), np.float32))
         kernels = [_dot_rows, _dequantize_rows, _dequantize_rows_serial, _dot16_rows, _dot32_rows, qk._dot16_rows3, qk._dot32_rows3,
-                   _w16_rows, qk._dot16_tokens, qk._dot32_tokens, activations.quantize,
-                   activations._quantize_prefill, activations.quantize32]
+                   _w16_rows, qk._dot16_tokens, qk._dot32_tokens, qk._dots16_tokens, activations.quantize,
+                   activations._quantize_prefill, activations._quantize_prefill32, activations.quantize32]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
         kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for k in qk._UNPACK.values() if k]
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE32.values()]
-        kernels += [qk._W4X2[qk.INT_PATH], qk._W4X2_NOMINS[qk.INT_PATH]]
+        kernels += [ks[qk.INT_PATH] for ks in qk._DECODE_TOKENS.values()] + list(qk._UNPACK32.values())
+        kernels += [qk._W4X2[qk.INT_PATH], qk._W4X2_NOMINS[qk.INT_PATH], qk._W32[qk.INT_PATH], qk._W32_NOMINS[qk.INT_PATH]]
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
@@ -365,8 +399,8 @@ def test_second_process_compiles_nothing():
     misses, hits = map(int, out.stdout.split())
     from quant.kernels import INT_PATH
     kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(1 for k in _UNPACK.values() if k)   # decode + prefill unpackers
-    kernels += len(_DECODE32)
-    assert misses == 0 and hits == 13 + 2 * len(FORMATS) + kernels + 2, out.stdout
+    kernels += len(_DECODE32) + len(_DECODE_TOKENS) + len(_UNPACK32)
+    assert misses == 0 and hits == 15 + 2 * len(FORMATS) + kernels + 4, out.stdout
 
 
 def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
