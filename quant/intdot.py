@@ -24,9 +24,9 @@ from .jit import half_to_f32, njit
 from .q6_k import quant
 from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q4_k_row, q4_k_row512, q4_k_tokens, q4_k_tokens512, q5_k_row,
                    q5_k_row512, q5_k_tokens, q5_k_tokens512, q6_k_row, q6_k_row512, q8_0_row, q8_0_row32)
-from .simd_prefill import (mins8, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2,
-                           w16_4x2_512, w16_4x2_nomins, w16_4x2_nomins_512, w32_4x2, w32_4x2_512, w32_4x2_nomins,
-                           w32_4x2_nomins_512)
+from .simd_prefill import (B32_BYTES, mins8, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
+                           q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins,
+                           w16_4x2_nomins_512, w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
 
 BLOCK = 256
 Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, Q8_0_BYTES = 144, 176, 210, 34
@@ -389,11 +389,11 @@ def w16_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
 
 @njit(inline="always")
 def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):
-    """Groups g0 .. g0 + sg (16 blocks each) of Q4_0 / Q4_1 / Q8_0 rows (kind 0, 1, 2) r0 .. r0 + nr - 1
+    """Groups g0 .. g0 + sg (16 blocks each) of Q4_0 / Q4_1 / Q8_0 / Q5_0 / Q5_1 rows (kind 0 .. 4) r0 .. r0 + nr - 1
     (n_out of them, the last one repeated) -> w16 interleaved (row i at 512 sg i), dsc = d and msc = m
-    (Q4_1; else 0) by block (row i at 16 sg i). Blocks past the row's end get d = m = 0 (and whatever
+    (Q4_1 and Q5_1; else 0) by block (row i at 16 sg i). Blocks past the row's end get d = m = 0 (and whatever
     weights: their activations are 0); a partial last group is unpacked from a zero-padded copy."""
-    nbytes = Q8_0_BYTES if kind == 2 else 18 + 2 * kind
+    nbytes = B32_BYTES[kind]
     nb = rows.shape[1] // nbytes
     pad = np.zeros(16 * nbytes, np.uint8)
     for i in range(n_out):
@@ -404,7 +404,7 @@ def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):
             for bi in range(16):
                 o = (16 * g + bi) * nbytes
                 dsc[j + bi] = half_to_f32(f16_bits(row, o)) if bi < nv else np.float32(0)
-                msc[j + bi] = half_to_f32(f16_bits(row, o + 2)) if bi < nv and kind == 1 else np.float32(0)
+                msc[j + bi] = half_to_f32(f16_bits(row, o + 2)) if bi < nv and (kind == 1 or kind == 4) else np.float32(0)
             src, o = row, 16 * g * nbytes
             if nv < 16:
                 pad[:nv * nbytes] = row[o:o + nv * nbytes]
@@ -416,8 +416,12 @@ def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):
                 q4_0_unpack16(src, o, w16, 32 * j)
             elif kind == 1:
                 q4_1_unpack16(src, o, w16, 32 * j)
-            else:
+            elif kind == 2:
                 q8_0_unpack16(src, o, w16, 32 * j)
+            elif kind == 3:
+                q5_0_unpack16(src, o, w16, 32 * j)
+            else:
+                q5_1_unpack16(src, o, w16, 32 * j)
 
 
 @njit
@@ -433,6 +437,16 @@ def unpack32_q4_1(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
 @njit
 def unpack32_q8_0(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
     b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 2)
+
+
+@njit
+def unpack32_q5_0(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 3)
+
+
+@njit
+def unpack32_q5_1(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 4)
 
 
 @njit(inline="always")

@@ -170,8 +170,10 @@ _W4X2_NOMINS = {"portable": intdot.w16_4x2_nomins_portable, "avx2": intdot.w16_4
                 "avx512": intdot.w16_4x2_nomins_avx512}
 
 
-# ... of the 32-block types (any K, a multiple of 32): sixteen blocks interleaved (intdot.unpack32_*, w32_4x2)
-_UNPACK32 = {T.Q4_0: intdot.unpack32_q4_0, T.Q4_1: intdot.unpack32_q4_1, T.Q8_0: intdot.unpack32_q8_0}
+# ... of the 32-block types (any K, a multiple of 32): sixteen blocks interleaved (intdot.unpack32_*, w32_4x2;
+# the mins kernel for Q4_1 and Q5_1)
+_UNPACK32 = {T.Q4_0: intdot.unpack32_q4_0, T.Q4_1: intdot.unpack32_q4_1, T.Q8_0: intdot.unpack32_q8_0,
+             T.Q5_0: intdot.unpack32_q5_0, T.Q5_1: intdot.unpack32_q5_1}
 _W32 = {"portable": intdot.w32_4x2_portable, "avx2": intdot.w32_4x2_avx2, "avx512": intdot.w32_4x2_avx512}   # Q4_1
 _W32_NOMINS = {"portable": intdot.w32_4x2_nomins_portable, "avx2": intdot.w32_4x2_nomins_avx2,
                "avx512": intdot.w32_4x2_nomins_avx512}
@@ -219,7 +221,7 @@ _SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, _dot16_tokens, quantiz
 
 @cache
 def _prefill_kernels32(ggml_type: int, path: str):
-    dot4x2 = (_W32 if ggml_type == T.Q4_1 else _W32_NOMINS)[path]
+    dot4x2 = (_W32 if ggml_type in (T.Q4_1, T.Q5_1) else _W32_NOMINS)[path]
     return kernel_address(_UNPACK32[ggml_type], UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG)
 
 

@@ -302,11 +302,16 @@ w32_4x2, w32_4x2_nomins = _w32_4x2(False, True), _w32_4x2(False, False)
 w32_4x2_512, w32_4x2_nomins_512 = _w32_4x2(True, True), _w32_4x2(True, False)
 
 
+B32_BYTES = (18, 20, 34, 22, 24)   # Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 (kinds 0..4)
+
+
 def _b32_unpack16(kind):
-    """Sixteen blocks of Q4_0 (kind 0: q - 8), Q4_1 (1: q) or Q8_0 (2: q) from row[o:], interleaved into 512
-    int16 at w16[y:]: int32 pair j (elements 2 j, 2 j + 1) of block i at pair 16 j + i (activations.interleave32).
-    Each block's 16 pairs are one <16 x i32>; the 16 x 16 transpose is four rounds of two-input shuffles."""
-    nbytes = (18, 20, 34)[kind]
+    """Sixteen blocks of Q4_0 (kind 0: q - 8), Q4_1 (1: q), Q8_0 (2: q), Q5_0 (3: q - 16) or Q5_1 (4: q) from
+    row[o:], interleaved into 512 int16 at w16[y:]: int32 pair j (elements 2 j, 2 j + 1) of block i at pair
+    16 j + i (activations.interleave32). Each block's 16 pairs are one <16 x i32>; the 16 x 16 transpose is
+    four rounds of two-input shuffles."""
+    nbytes = B32_BYTES[kind]
+    qs_at, qh_at = (2, 4, 2, 6, 8)[kind], (None, None, None, 2, 4)[kind]
 
     @intrinsic
     def unpack(typingctx, row, o, w16, y):
@@ -319,17 +324,24 @@ def _b32_unpack16(kind):
             o_, y_ = _i64(builder, args[1]), _i64(builder, args[3])
             v16i32, v32i16 = ir.VectorType(I32, 16), ir.VectorType(I16, 32)
             rows = []
+            v32i32 = ir.VectorType(I32, 32)
             for i in range(16):
-                at = builder.add(o_, ir.Constant(I64, nbytes * i + 2 + 2 * (kind == 1)))
+                at = lambda k: builder.add(o_, ir.Constant(I64, nbytes * i + k))  # noqa: E731
                 if kind == 2:
-                    q = builder.sext(_load_at(builder, rp, at, V32I8), v32i16)
+                    q = builder.sext(_load_at(builder, rp, at(qs_at), V32I8), v32i16)
                 else:   # element l < 16: low nibble of byte l; 16 + l: its high nibble
-                    v = _load_at(builder, rp, at, V16I8)
+                    v = _load_at(builder, rp, at(qs_at), V16I8)
                     both = builder.shuffle_vector(builder.and_(v, ir.Constant(V16I8, [15] * 16)), builder.lshr(v, ir.Constant(V16I8, [4] * 16)),
-                                                  ir.Constant(ir.VectorType(I32, 32), list(range(32))))
+                                                  ir.Constant(v32i32, list(range(32))))
                     q = builder.zext(both, v32i16)
-                    if kind == 0:
-                        q = builder.sub(q, ir.Constant(v32i16, [8] * 32))
+                    if qh_at is not None:   # bit e of the u32 qh is bit 4 of element e
+                        qh = builder.shuffle_vector(builder.insert_element(ir.Constant(ir.VectorType(I32, 1), None), _load_at(builder, rp, at(qh_at), I32),
+                                                                           ir.Constant(I32, 0)),
+                                                    ir.Constant(ir.VectorType(I32, 1), None), ir.Constant(v32i32, [0] * 32))
+                        bits = builder.and_(builder.lshr(qh, ir.Constant(v32i32, list(range(32)))), ir.Constant(v32i32, [1] * 32))
+                        q = builder.or_(q, builder.shl(builder.trunc(bits, v32i16), ir.Constant(v32i16, [4] * 32)))
+                    if kind in (0, 3):
+                        q = builder.sub(q, ir.Constant(v32i16, [8 if kind == 0 else 16] * 32))
                 rows.append(builder.bitcast(q, v16i32))
             s = 8
             while s:   # swap the off-diagonal s x s blocks of every 2s x 2s block
@@ -350,4 +362,4 @@ def _b32_unpack16(kind):
     return unpack
 
 
-q4_0_unpack16, q4_1_unpack16, q8_0_unpack16 = (_b32_unpack16(kind) for kind in range(3))
+q4_0_unpack16, q4_1_unpack16, q8_0_unpack16, q5_0_unpack16, q5_1_unpack16 = (_b32_unpack16(kind) for kind in range(5))

@@ -144,13 +144,21 @@ def test_integer_path_of_32_blocks(ggml_type, k, monkeypatch):
             results[path] = matvec(w, x).view(np.uint32)
     for path, got in results.items():
         np.testing.assert_array_equal(got, results["portable"], err_msg=path)
-    # prefill (_int_matmul32: sixteen blocks interleaved, K = 576 ends in a partial group): close to float64,
-    # the same bits on every path, the same on one thread and two
+
+
+@pytest.mark.parametrize("k", [576, K])
+@pytest.mark.parametrize("ggml_type", list(_UNPACK32), ids=lambda t: t.name)
+def test_prefill_of_32_blocks(ggml_type, k, monkeypatch):
+    """Prefill of Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 (_int_matmul32: sixteen blocks interleaved; K = 576 ends in a
+    partial group, 768 too): close to float64, the same bits on every path."""
+    import quant.kernels as qk
+    from quant.simd import HAS_AVX2, HAS_AVX512
     monkeypatch.setattr(qk, "TILE_BYTES", 1 << 14)   # several token tiles and row blocks
+    w = random_tensor(ggml_type, (N, k), seed=21)
     xs = (np.random.default_rng(23).standard_normal((41, k)) * np.random.default_rng(24).uniform(0.01, 100, (41, 1))).astype(np.float32)
     ref = xs.astype(np.float64) @ dequantize(w).astype(np.float64).T
     prefill = {}
-    for path in results:
+    for path in [p for p, ok in (("portable", True), ("avx2", HAS_AVX2), ("avx512", HAS_AVX512)) if ok]:
         monkeypatch.setattr(qk, "INT_PATH", path)
         prefill[path] = [matmul(w, xs[:t]) for t in (4, 41)]
         for t, got in zip((4, 41), prefill[path]):
