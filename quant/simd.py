@@ -175,11 +175,19 @@ def _load_at(builder, ptr, offset, ty):
     return builder.load(builder.bitcast(builder.gep(ptr, [offset]), ty.as_pointer()), align=1)
 
 
-def _half_pair(builder, ptr, offset):
+def _half_pair(builder, ptr, offset, whole=False):
     """The two f16 at ptr + offset as floats, loaded as one 32-bit vector. One scalar f16 load becomes
     vpinsrw into whatever register LLVM picks, often an accumulator: that chains every block's scale onto
-    the previous block's sum."""
-    v = builder.fpext(_load_at(builder, ptr, offset, ir.VectorType(ir.HalfType(), 2)), ir.VectorType(ir.FloatType(), 2))
+    the previous block's sum. Where only the first half is used LLVM narrows the load to it all the same:
+    whole makes an empty asm statement take the 32 bits in a register (it emits nothing), so that vmovd
+    moves them whole (Q4_0 in cache, 1 thread: 4.6 -> 15 GB/s)."""
+    if whole:
+        bits = _load_at(builder, ptr, offset, I32)
+        builder.asm(ir.FunctionType(ir.VoidType(), [I32]), "", "r", [bits], True)
+        halves = builder.bitcast(bits, ir.VectorType(ir.HalfType(), 2))
+    else:
+        halves = _load_at(builder, ptr, offset, ir.VectorType(ir.HalfType(), 2))
+    v = builder.fpext(halves, ir.VectorType(ir.FloatType(), 2))
     return builder.extract_element(v, ir.Constant(I32, 0)), builder.extract_element(v, ir.Constant(I32, 1))
 
 
@@ -527,7 +535,7 @@ def _b32_row(kind, block_bytes):
             builder = op.b
             row_, xd_, x_, s_ = ptrs
             o, y = builder.mul(b, ir.Constant(I64, block_bytes)), builder.mul(b, ir.Constant(I64, 32))
-            d, m = _half_pair(builder, row_, o)   # Q4_0, Q8_0: m is quant bytes, unused
+            d, m = _half_pair(builder, row_, o, whole=kind == 0)   # Q4_0, Q8_0: m is quant bytes, unused
             at = lambda k: builder.add(o, ir.Constant(I64, k))  # noqa: E731
             xs = [_load_at(builder, x_, builder.add(y, ir.Constant(I64, 16 * c)), V16I16) for c in range(2)]
             if kind == 2:
