@@ -284,12 +284,16 @@ def _matvec_below(w: QuantizedTensor, exact: bool) -> int:
     a row is read from memory for the first token, from cache for the next), where the prefill kernel first
     unpacks each row (as much work as ~3 tokens' decode). Zen 5, 2 threads: Mixtral expert ffn_gate Q4_K at
     T=2 2.45 -> 1.31 ms. Q4_K and Q5_K take all the tokens in one kernel call per row (_DECODE_TOKENS), which
-    wins up to 4 tokens (14336 x 4096 Q4_K at T=4: 1.7 ms against the prefill kernel's 2.1; from 5 tokens on
-    their activations no longer fit in L1). The 32-block types' prefill kernel wins from 4 tokens (SmolLM2's
+    wins up to 4 tokens where their activations fit in L1 (TOKENS_L1; 14336 x 4096 Q4_K at T=4: 1.7 ms against
+    the prefill kernel's 2.1). The 32-block types' prefill kernel wins from 4 tokens (SmolLM2's
     1536 x 576 Q4_1 at T=4: 0.091 against 0.105 ms, 4096 x 4096 Q8_0: 0.66 against 1.0 ms)."""
     if exact or _int_scheme(w) is None:
         return 2
-    return 5 if w.ggml_type in _DECODE_TOKENS else 4
+    return 5 if w.ggml_type in _DECODE_TOKENS and 4 * 2 * w.shape[1] <= TOKENS_L1 else 4
+
+
+TOKENS_L1 = 32 << 10   # _matvec_below: four tokens' int16 activations fit in L1 (K <= 4096); Mixtral's experts'
+# ffn_down (K = 14336) at T=4 took 3.9 ms through the few-token kernel, 2.35 through the prefill kernel
 
 
 def _token_activations(scheme: int, x: np.ndarray):
