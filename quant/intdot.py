@@ -13,8 +13,10 @@ float32 operations in the same order, so both give the same bits.
 Prefill (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type> turns a row into int16 weights times their
 sub-block scales once, then w16_4x2[_avx2|_avx512] (simd_prefill.w16_4x2[_512]) takes the dot products of four such rows
 with two tokens' q16 at a time (pmaddwd), the same lanes-then-float32 scheme, Q4_K's mins in the same pass
-(the _nomins kernels leave them out, for Q6_K).
-Its rounding differs from decode's by ~1e-7.
+(the _nomins kernels leave them out, for Q6_K). Its rounding differs from decode's by ~1e-7.
+The types with blocks of 32 (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1) prefill through unpack32_<type> and w32_4x2[...]:
+sixteen blocks interleaved, one int32 lane per block (simd_prefill.w32_4x2), against x quantized per 32.
+Several tokens at once (jit.DOT16T_SIG, dots_<type>): Q4_K and Q5_K unpack each block once for all of them.
 Rows streamed from memory are prefetched ahead (simd.PREFETCH_AHEAD) in the AVX2 and unpack paths; the
 portable decode loops are compute-bound and do without.
 """
