@@ -24,8 +24,9 @@ import numpy as np
 
 from .jit import half_to_f32, njit
 from .q6_k import quant
-from .simd import (prefetch_block, q4_0_row32, q4_1_row32, q4_k_row, q4_k_row512, q4_k_tokens, q4_k_tokens512, q5_k_row,
-                   q5_k_row512, q5_k_tokens, q5_k_tokens512, q6_k_row, q6_k_row512, q8_0_row, q8_0_row32)
+from .simd import (prefetch_block, q4_0_row32, q4_0_row32_512, q4_1_row32, q4_1_row32_512, q4_k_row, q4_k_row512, q4_k_tokens,
+                   q4_k_tokens512, q5_k_row, q5_k_row512, q5_k_tokens, q5_k_tokens512, q6_k_row, q6_k_row512, q8_0_row,
+                   q8_0_row32, q8_0_row32_512)
 from .simd_prefill import (B32_BYTES, mins8, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
                            q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins,
                            w16_4x2_nomins_512, w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
@@ -215,8 +216,9 @@ def dot_q6_k_avx512(row, xd, x16, xp, xh, xl, bsums):
 def b32_row_loop(row, xd, x16, s32, nbytes, kind):
     """Portable simd._b32_row for Q4_0 (kind 0: w = d (q - 8)), Q4_1 (1: w = d q + m), Q8_0 (2: w = d q):
     lane i sums the products of elements 2i, 2i + 1, 16 + 2i, 17 + 2i of each block (exact in int32);
-    acc[i] += f32(lane i) * (xd * d), and Q4_1's m meets the sum of the block's q16 in accm[0]."""
-    acc, accm = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    acc[i] += f32(lane i) * (xd * d), and Q4_1's m meets the sum of the block's q16 in accm[0]; even and odd
+    blocks in accumulators of their own, added lane by lane at the end."""
+    acc, accm = np.zeros((2, 8), np.float32), np.zeros((2, 8), np.float32)
     lane = np.empty(8, np.int32)
     q8 = row.view(np.int8)
     for b in range(row.size // nbytes):
@@ -233,10 +235,10 @@ def b32_row_loop(row, xd, x16, s32, nbytes, kind):
         xdb = np.float32(xd[b])
         dd = xdb * half_to_f32(f16_bits(row, o))
         for i in range(8):
-            acc[i] += np.float32(lane[i]) * dd
+            acc[b % 2, i] += np.float32(lane[i]) * dd
         if kind == 1:
-            accm[0] += np.float32(s32[b]) * -(xdb * half_to_f32(f16_bits(row, o + 2)))
-    return row_total(acc, accm)
+            accm[b % 2, 0] += np.float32(s32[b]) * -(xdb * half_to_f32(f16_bits(row, o + 2)))
+    return row_total(acc[0] + acc[1], accm[0] + accm[1])
 
 
 @njit
@@ -267,6 +269,21 @@ def dot32_q4_1_avx2(row, xd, x16, s32):
 @njit
 def dot32_q8_0_avx2(row, xd, x16, s32):
     return q8_0_row32(row, xd, x16, s32)
+
+
+@njit
+def dot32_q4_0_avx512(row, xd, x16, s32):
+    return q4_0_row32_512(row, xd, x16, s32)
+
+
+@njit
+def dot32_q4_1_avx512(row, xd, x16, s32):
+    return q4_1_row32_512(row, xd, x16, s32)
+
+
+@njit
+def dot32_q8_0_avx512(row, xd, x16, s32):
+    return q8_0_row32_512(row, xd, x16, s32)
 
 
 # --- prefill: each row unpacked once to int16, then one dot product per token ---

@@ -157,11 +157,10 @@ _DECODE = {T.Q4_K: {"portable": intdot.dot_q4_k, "avx2": intdot.dot_q4_k_avx2, "
 # the tokens in _dot16_tokens)
 _DECODE_TOKENS = {T.Q4_K: {"portable": intdot.dots_q4_k, "avx2": intdot.dots_q4_k_avx2, "avx512": intdot.dots_q4_k_avx512},
                   T.Q5_K: {"portable": intdot.dots_q5_k, "avx2": intdot.dots_q5_k_avx2, "avx512": intdot.dots_q5_k_avx512}}
-# Types with blocks of 32, any K (activations quantized per 32; Q8_0 takes _DECODE where K % 256 == 0).
-# No AVX-512 kernels: those CPUs run the AVX2 ones.
-_DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_avx2, "avx512": intdot.dot32_q4_0_avx2},
-             T.Q4_1: {"portable": intdot.dot32_q4_1, "avx2": intdot.dot32_q4_1_avx2, "avx512": intdot.dot32_q4_1_avx2},
-             T.Q8_0: {"portable": intdot.dot32_q8_0, "avx2": intdot.dot32_q8_0_avx2, "avx512": intdot.dot32_q8_0_avx2}}
+# Types with blocks of 32, any K (activations quantized per 32; Q8_0 takes _DECODE where K % 256 == 0)
+_DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_avx2, "avx512": intdot.dot32_q4_0_avx512},
+             T.Q4_1: {"portable": intdot.dot32_q4_1, "avx2": intdot.dot32_q4_1_avx2, "avx512": intdot.dot32_q4_1_avx512},
+             T.Q8_0: {"portable": intdot.dot32_q8_0, "avx2": intdot.dot32_q8_0_avx2, "avx512": intdot.dot32_q8_0_avx512}}
 # Prefill's unpack and four-by-two kernel per path, K-quants (the types in neither this nor _UNPACK32
 # dequantize for BLAS)
 _UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q5_K: intdot.unpack_q5_k, T.Q6_K: intdot.unpack_q6_k}
