@@ -98,6 +98,19 @@ def q6_k_unpack16(typingctx, row, o, w16, y):
     return types.none(row, o, w16, y), codegen
 
 
+def _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):   # the argument types of the four-by-two kernels
+    return (w16 in I16ARR and dsc in F32ARR and msc in F32ARR and x16 in I16ARR and xd in F32ARR and px in F32ARR
+            and all(isinstance(a, types.Integer) for a in (xo, bo, xs)) and out == types.Array(types.float64, 2, "C"))
+
+
+def _w4x2_args(context, builder, sig, args):
+    """The four-by-two kernels' arguments in IR: the arrays' data pointers, (xo, bo, xs) as i64, out's shape,
+    w16's length."""
+    arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
+    return ([a.data for a in arrs], [_i64(builder, a) for a in args[6:9]], cgutils.unpack_tuple(builder, arrs[6].shape),
+            arrs[0].nitems)
+
+
 def _w16_4x2(wide, mins):
     @intrinsic
     def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
@@ -113,16 +126,12 @@ def _w16_4x2(wide, mins):
         0..7 from elements 0..15 of each 32, lanes 8..15 from 16..31) and takes the rows two at a time (8 int32
         and 8 float32 accumulators in 16 vector registers). mins (Q4_K): accm += msc[8 b:8 b + 8] * px[8 b:8 b + 8] per block, row r's msc
         at 8 r K/256, token t's px at 8 (bo + t xs/256); the result is less tree8(accm), in float32."""
-        if not (w16 in I16ARR and dsc in F32ARR and msc in F32ARR and x16 in I16ARR and xd in F32ARR and px in F32ARR
-                and all(isinstance(a, types.Integer) for a in (xo, bo, xs)) and out == types.Array(types.float64, 2, "C")):
+        if not _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
             return None
 
         def codegen(context, builder, sig, args):
-            arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
-            w0, dsc0, msc0, x_, xd_, px_, out0 = (a.data for a in arrs)
-            xo0, bo0, xs_ = (_i64(builder, a) for a in args[6:9])
-            n_quads, n_cols = cgutils.unpack_tuple(builder, arrs[6].shape)
-            k = builder.udiv(arrs[0].nitems, builder.mul(n_quads, ir.Constant(I64, 4)))
+            (w0, dsc0, msc0, x_, xd_, px_, out0), (xo0, bo0, xs_), (n_quads, n_cols), n_w = _w4x2_args(context, builder, sig, args)
+            k = builder.udiv(n_w, builder.mul(n_quads, ir.Constant(I64, 4)))
             nb, xsb = builder.udiv(k, ir.Constant(I64, 256)), builder.udiv(xs_, ir.Constant(I64, 256))
             op = _Ops(context, builder)
             lanes = 16 if wide else 8
@@ -179,10 +188,7 @@ def _w16_4x2(wide, mins):
                 total = _sum8x8(builder, sums)
                 if mins:
                     total = builder.fsub(total, _sum8x8(builder, _loop(builder, nb, [ir.Constant(V8F, [0.0] * 8)] * 8, step_mins)))
-                total = builder.fpext(total, ir.VectorType(ir.DoubleType(), 8))
-                for lane, p in enumerate(_SUM8X8_ORDER):   # out[8 j + p] += total[lane]
-                    ptr = builder.gep(out_, [builder.add(builder.mul(j, ir.Constant(I64, 8)), ir.Constant(I64, p))])
-                    builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(I32, lane))), ptr)
+                _add_sums(builder, out_, j, total)
                 return []
 
             _loop(builder, n_quads, [], quad)
@@ -207,6 +213,13 @@ def _sum8x8(builder, vs):
 _SUM8X8_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
 
+def _add_sums(builder, out_, j, total):   # out_[8 j + p] += float64(total[lane]), p = _SUM8X8_ORDER[lane]
+    total = builder.fpext(total, ir.VectorType(ir.DoubleType(), 8))
+    for lane, p in enumerate(_SUM8X8_ORDER):
+        ptr = builder.gep(out_, [builder.add(builder.mul(j, ir.Constant(I64, 8)), ir.Constant(I64, p))])
+        builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(I32, lane))), ptr)
+
+
 w16_4x2, w16_4x2_nomins = _w16_4x2(False, True), _w16_4x2(False, False)
 # the same lanes, 32 weights per vpdpwssd (AVX-512 VNNI)
 w16_4x2_512, w16_4x2_nomins_512 = _w16_4x2(True, True), _w16_4x2(True, False)
@@ -224,17 +237,13 @@ def _w32_4x2(wide, mins):
         m the block's offset, sx = xd times the sum of its q16. dsc, msc (4 Q K/32,): d and m by block;
         xd, px (xs/32 per token from bo): the tokens' xd and sx by block. The result is tree8(acc[i] +
         acc[i + 8])."""
-        if not (w16 in I16ARR and dsc in F32ARR and msc in F32ARR and x16 in I16ARR and xd in F32ARR and px in F32ARR
-                and all(isinstance(a, types.Integer) for a in (xo, bo, xs)) and out == types.Array(types.float64, 2, "C")):
+        if not _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
             return None
 
         def codegen(context, builder, sig, args):
-            arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
-            w0, dsc0, msc0, x_, xd_, px_, out0 = (a.data for a in arrs)
-            xo0, bo0, xs_ = (_i64(builder, a) for a in args[6:9])
-            n_quads, n_cols = cgutils.unpack_tuple(builder, arrs[6].shape)
+            (w0, dsc0, msc0, x_, xd_, px_, out0), (xo0, bo0, xs_), (n_quads, n_cols), n_w = _w4x2_args(context, builder, sig, args)
             c = lambda v: ir.Constant(I64, v)  # noqa: E731
-            k = builder.udiv(arrs[0].nitems, builder.mul(n_quads, c(4)))
+            k = builder.udiv(n_w, builder.mul(n_quads, c(4)))
             ng, nbk, xsb = builder.udiv(k, c(512)), builder.udiv(k, c(32)), builder.udiv(xs_, c(32))
             op = _Ops(context, builder)
             lanes = 16 if wide else 8
@@ -285,10 +294,7 @@ def _w32_4x2(wide, mins):
                         finals.setdefault(key, []).append(acc)
 
                 sums = [_fold16(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]
-                total = builder.fpext(_sum8x8(builder, sums), ir.VectorType(ir.DoubleType(), 8))
-                for lane, p in enumerate(_SUM8X8_ORDER):   # out[8 j + p] += total[lane]
-                    ptr = builder.gep(state["out"], [builder.add(builder.mul(j, c(8)), c(p))])
-                    builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(I32, lane))), ptr)
+                _add_sums(builder, state["out"], j, _sum8x8(builder, sums))
                 return []
 
             _loop(builder, n_quads, [], quad)
