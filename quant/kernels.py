@@ -14,7 +14,7 @@ from numba import get_num_threads, prange, types
 
 from gguf import GGMLQuantizationType as T
 
-from . import intdot
+from . import intdot, intdot_prefill
 from .activations import aligned_int16, quantize_activations, quantize_activations32, quantize_prefill, quantize_prefill32
 from .formats import FORMATS
 from .jit import (DEQUANT_SIG, DOT16_SIG, DOT16T_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
@@ -163,19 +163,19 @@ _DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_a
              T.Q8_0: {"portable": intdot.dot32_q8_0, "avx2": intdot.dot32_q8_0_avx2, "avx512": intdot.dot32_q8_0_avx512}}
 # Prefill's unpack and four-by-two kernel per path, K-quants (the types in neither this nor _UNPACK32
 # dequantize for BLAS)
-_UNPACK = {T.Q4_K: intdot.unpack_q4_k, T.Q5_K: intdot.unpack_q5_k, T.Q6_K: intdot.unpack_q6_k}
-_W4X2 = {"portable": intdot.w16_4x2_portable, "avx2": intdot.w16_4x2_avx2, "avx512": intdot.w16_4x2_avx512}
-_W4X2_NOMINS = {"portable": intdot.w16_4x2_nomins_portable, "avx2": intdot.w16_4x2_nomins_avx2,   # Q6_K
-                "avx512": intdot.w16_4x2_nomins_avx512}
+_UNPACK = {T.Q4_K: intdot_prefill.unpack_q4_k, T.Q5_K: intdot_prefill.unpack_q5_k, T.Q6_K: intdot_prefill.unpack_q6_k}
+_W4X2 = {"portable": intdot_prefill.w16_4x2_portable, "avx2": intdot_prefill.w16_4x2_avx2, "avx512": intdot_prefill.w16_4x2_avx512}
+_W4X2_NOMINS = {"portable": intdot_prefill.w16_4x2_nomins_portable, "avx2": intdot_prefill.w16_4x2_nomins_avx2,   # Q6_K
+                "avx512": intdot_prefill.w16_4x2_nomins_avx512}
 
 
-# ... of the 32-block types (any K, a multiple of 32): sixteen blocks interleaved (intdot.unpack32_*, w32_4x2;
+# ... of the 32-block types (any K, a multiple of 32): sixteen blocks interleaved (intdot_prefill.unpack32_*, w32_4x2;
 # the mins kernel for Q4_1 and Q5_1)
-_UNPACK32 = {T.Q4_0: intdot.unpack32_q4_0, T.Q4_1: intdot.unpack32_q4_1, T.Q8_0: intdot.unpack32_q8_0,
-             T.Q5_0: intdot.unpack32_q5_0, T.Q5_1: intdot.unpack32_q5_1}
-_W32 = {"portable": intdot.w32_4x2_portable, "avx2": intdot.w32_4x2_avx2, "avx512": intdot.w32_4x2_avx512}   # Q4_1
-_W32_NOMINS = {"portable": intdot.w32_4x2_nomins_portable, "avx2": intdot.w32_4x2_nomins_avx2,
-               "avx512": intdot.w32_4x2_nomins_avx512}
+_UNPACK32 = {T.Q4_0: intdot_prefill.unpack32_q4_0, T.Q4_1: intdot_prefill.unpack32_q4_1, T.Q8_0: intdot_prefill.unpack32_q8_0,
+             T.Q5_0: intdot_prefill.unpack32_q5_0, T.Q5_1: intdot_prefill.unpack32_q5_1}
+_W32 = {"portable": intdot_prefill.w32_4x2_portable, "avx2": intdot_prefill.w32_4x2_avx2, "avx512": intdot_prefill.w32_4x2_avx512}   # Q4_1
+_W32_NOMINS = {"portable": intdot_prefill.w32_4x2_nomins_portable, "avx2": intdot_prefill.w32_4x2_nomins_avx2,
+               "avx512": intdot_prefill.w32_4x2_nomins_avx512}
 
 
 def _l2_bytes(default: int = 512 << 10) -> int:

@@ -1,6 +1,6 @@
 """Prefill intrinsics: unpack a row to int16 weights times their sub-block scales, then the dot products of
 four such rows with two tokens' 16-bit activations at a time (AVX2 pmaddwd, AVX-512 VNNI vpdpwssd). The
-lanes-then-float32 scheme of simd.py's decode kernels; intdot.py has the portable twins.
+lanes-then-float32 scheme of simd.py's decode kernels; intdot_prefill.py has the portable twins.
 """
 from llvmlite import ir
 from numba import types

@@ -1,0 +1,262 @@
+"""Prefill's integer products (kernels._int_matmul, _int_matmul32): the unpackers and the portable twins of
+simd_prefill.py's four-by-two kernels, and the njit functions whose addresses the drivers take.
+
+K-quants (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type> turns a row into int16 weights times their sub-block
+scales once, then w16_4x2[_avx2|_avx512] (simd_prefill.w16_4x2[_512]) takes the dot products of four such
+rows with two tokens' q16 at a time (pmaddwd), the lanes-then-float32 scheme of intdot.py, Q4_K's and
+Q5_K's mins in the same pass (the _nomins kernels leave them out, for Q6_K). Its rounding differs from
+decode's by ~1e-7.
+The types with blocks of 32 (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1): unpack32_<type> and w32_4x2[...], sixteen blocks
+interleaved, one int32 lane per block (simd_prefill.w32_4x2), against x quantized per 32
+(activations.quantize_prefill32).
+"""
+import numpy as np
+
+from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, f16_bits, q4_k_scales
+from .jit import half_to_f32, njit
+from .simd import prefetch_block
+from .simd_prefill import (B32_BYTES, mins8, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
+                           q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins,
+                           w16_4x2_nomins_512, w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
+
+
+# --- K-quants: each row unpacked once to int16, then one dot product per token ---
+
+@njit(inline="always")
+def k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, five):
+    """Blocks b0 .. b0 + sb of Q4_K (five False) or Q5_K rows r0 .. r0 + nr - 1 (n_out of them, the last one repeated)
+    -> w16 int16 = q * scale[s] (row i at 256 sb i), dsc = d (row i at sb i), msc = dmin * min[s] (at 8 sb i).
+    One call for many rows: a call per row (four sliced arrays, their reference counts) cost as much as
+    unpacking it."""
+    nbytes = Q5_K_BYTES if five else Q4_K_BYTES
+    for i in range(n_out):
+        row = rows[r0 + min(i, nr - 1)]
+        w32 = row.view(np.uint32)
+        for b in range(sb):
+            o, j = (b0 + b) * nbytes, i * sb + b
+            prefetch_block(row, o, nbytes)
+            sc, mn = q4_k_scales(w32, o // 4 + 1)
+            dsc[j] = half_to_f32(f16_bits(row, o))
+            mins8(mn, half_to_f32(f16_bits(row, o + 2)), msc, 8 * j)
+            if five:
+                q5_k_unpack16(row, o, sc, w16, j * BLOCK)
+            else:
+                q4_k_unpack16(row, o, sc, w16, j * BLOCK)
+
+
+@njit
+def unpack_q4_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
+    k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, False)
+
+
+@njit
+def unpack_q5_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
+    k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, True)
+
+
+@njit
+def unpack_q6_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
+    """As unpack_q4_k for Q6_K rows: w16 = scale[j] * q (signed), dsc = d, msc zeros."""
+    msc[:8 * n_out * sb] = 0
+    for i in range(n_out):
+        row = rows[r0 + min(i, nr - 1)]
+        for b in range(sb):
+            o, j = (b0 + b) * Q6_K_BYTES, i * sb + b
+            prefetch_block(row, o, Q6_K_BYTES)
+            dsc[j] = half_to_f32(f16_bits(row, o + 208))
+            q6_k_unpack16(row, o, w16, j * BLOCK)
+
+
+@njit(inline="always")
+def w16_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
+    """Portable simd_prefill.w16_4x2 for one (row, token): the same int32 lanes (lane i: elements 2i, 2i + 1 of
+    each 32) and float32 operations in the same order."""
+    acc, accm = np.zeros(16, np.float32), np.zeros(8, np.float32)
+    lanes = np.empty(16, np.int32)
+    for b in range(w16.size // BLOCK):
+        lanes[:] = 0
+        for e in range(b * BLOCK, b * BLOCK + BLOCK):
+            lanes[(e % 32) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
+        s = xd[bo + b] * dsc[b]
+        for i in range(16):
+            acc[i] += np.float32(lanes[i]) * s
+        if mins:
+            for i in range(8):
+                accm[i] += msc[8 * b + i] * px[8 * (bo + b) + i]
+    return np.float64(_tree8(acc[:8] + acc[8:]) - _tree8(accm))
+
+
+@njit(inline="always")
+def _tree8(v):
+    """sum of 8 float32 as simd_prefill._sum8x8 adds them: h4[i] = v[i] + v[i + 4], h2[i] = h4[i] + h4[i + 2]."""
+    h4 = v[:4] + v[4:]
+    h2 = h4[:2] + h4[2:]
+    return h2[0] + h2[1]
+
+
+@njit(inline="always")
+def w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins):
+    """Portable simd_prefill.w16_4x2: rows 4 q + r = w16[(4 q + r) K:][:K], token pair j at xo + 2 j xs and xo + (2 j + 1) xs."""
+    n_rows = 4 * out.shape[0]
+    k = w16.size // n_rows
+    nb = k // BLOCK
+    for q in range(out.shape[0]):
+        for j in range(out.shape[1] // 8):
+            for p in range(8):
+                r, t = 4 * q + p // 2, 2 * j + p % 2
+                out[q, 8 * j + p] += w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[8 * r * nb:8 * (r + 1) * nb],
+                                                  x16, xd, px, xo + t * xs, bo + t * (xs // BLOCK), mins)
+
+
+@njit
+def w16_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True)
+
+
+@njit
+def w16_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):   # Q6_K: no mins
+    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False)
+
+
+@njit
+def w16_4x2_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w16_4x2_nomins_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2_nomins(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w16_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w16_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w16_4x2_nomins_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+# --- prefill of the types with blocks of 32: sixteen blocks interleaved (simd_prefill.w32_4x2) ---
+
+@njit(inline="always")
+def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):
+    """Groups g0 .. g0 + sg (16 blocks each) of Q4_0 / Q4_1 / Q8_0 / Q5_0 / Q5_1 rows (kind 0 .. 4) r0 .. r0 + nr - 1
+    (n_out of them, the last one repeated) -> w16 interleaved (row i at 512 sg i), dsc = d and msc = m
+    (Q4_1 and Q5_1; else 0) by block (row i at 16 sg i). Blocks past the row's end get d = m = 0 (and whatever
+    weights: their activations are 0); a partial last group is unpacked from a zero-padded copy."""
+    nbytes = B32_BYTES[kind]
+    nb = rows.shape[1] // nbytes
+    pad = np.zeros(16 * nbytes, np.uint8)
+    for i in range(n_out):
+        row = rows[r0 + min(i, nr - 1)]
+        for gg in range(sg):
+            g, j = g0 + gg, (i * sg + gg) * 16
+            nv = min(16, nb - 16 * g)
+            for bi in range(16):
+                o = (16 * g + bi) * nbytes
+                dsc[j + bi] = half_to_f32(f16_bits(row, o)) if bi < nv else np.float32(0)
+                msc[j + bi] = half_to_f32(f16_bits(row, o + 2)) if bi < nv and (kind == 1 or kind == 4) else np.float32(0)
+            src, o = row, 16 * g * nbytes
+            if nv < 16:
+                pad[:nv * nbytes] = row[o:o + nv * nbytes]
+                src, o = pad, 0
+            else:
+                for line in range(0, 16 * nbytes, 64):
+                    prefetch_block(row, o + line, 64)
+            if kind == 0:
+                q4_0_unpack16(src, o, w16, 32 * j)
+            elif kind == 1:
+                q4_1_unpack16(src, o, w16, 32 * j)
+            elif kind == 2:
+                q8_0_unpack16(src, o, w16, 32 * j)
+            elif kind == 3:
+                q5_0_unpack16(src, o, w16, 32 * j)
+            else:
+                q5_1_unpack16(src, o, w16, 32 * j)
+
+
+@njit
+def unpack32_q4_0(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 0)
+
+
+@njit
+def unpack32_q4_1(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 1)
+
+
+@njit
+def unpack32_q8_0(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 2)
+
+
+@njit
+def unpack32_q5_0(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 3)
+
+
+@njit
+def unpack32_q5_1(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
+    b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 4)
+
+
+@njit(inline="always")
+def w32_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
+    """Portable simd_prefill.w32_4x2 for one (row, token): lane i sums block 16 g + i of group g exactly,
+    acc[i] += f32(lane i) * (xd * d), then (mins) acc[i] += m * sx, group by group; tree8(acc[i] + acc[i + 8])."""
+    acc, lanes = np.zeros(16, np.float32), np.empty(16, np.int32)
+    for g in range(w16.size // 512):
+        lanes[:] = 0
+        for e in range(512 * g, 512 * g + 512):
+            lanes[(e % 32) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
+        for i in range(16):
+            b = 16 * g + i
+            acc[i] += np.float32(lanes[i]) * (xd[bo + b] * dsc[b])
+            if mins:
+                acc[i] += msc[b] * px[bo + b]
+    return np.float64(_tree8(acc[:8] + acc[8:]))
+
+
+@njit(inline="always")
+def w32_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins):
+    """Portable simd_prefill.w32_4x2, as w16_4x2_loop."""
+    k = w16.size // (4 * out.shape[0])
+    nbk = k // 32
+    for q in range(out.shape[0]):
+        for j in range(out.shape[1] // 8):
+            for p in range(8):
+                r, t = 4 * q + p // 2, 2 * j + p % 2
+                out[q, 8 * j + p] += w32_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nbk:(r + 1) * nbk], msc[r * nbk:(r + 1) * nbk],
+                                                  x16, xd, px, xo + t * xs, bo + t * (xs // 32), mins)
+
+
+@njit
+def w32_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True)
+
+
+@njit
+def w32_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False)
+
+
+@njit
+def w32_4x2_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w32_4x2_nomins_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_nomins(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w32_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w32_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w32_4x2_nomins_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
