@@ -149,6 +149,11 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg, unit, dpe
 # from the CPU's features; tests switch it to check that all paths agree. Q8_0 has no AVX-512 kernel:
 # AVX-512 CPUs run its AVX2 one.
 INT_PATH = "avx512" if HAS_AVX512 else "avx2" if HAS_AVX2 else "portable"
+# Integer kernels where the CPU has AVX2; elsewhere the float32 kernels and BLAS (what exact=True takes). The
+# portable integer loops exist to check the SIMD ones bit for bit: they do not vectorize, and ran 4-15x
+# slower than the float32 kernels in decode and ~30x slower than dequantize + sgemm in prefill (Zen 5, one
+# thread, forced), which LLVM and BLAS vectorize on any CPU.
+INTEGER = HAS_AVX2
 _DECODE = {T.Q4_K: {"portable": intdot.dot_q4_k, "avx2": intdot.dot_q4_k_avx2, "avx512": intdot.dot_q4_k_avx512},
            T.Q5_K: {"portable": intdot.dot_q5_k, "avx2": intdot.dot_q5_k_avx2, "avx512": intdot.dot_q5_k_avx512},
            T.Q6_K: {"portable": intdot.dot_q6_k, "avx2": intdot.dot_q6_k_avx2, "avx512": intdot.dot_q6_k_avx512},
@@ -255,11 +260,12 @@ def matvec(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     """w (N, K) @ x (K,) -> float32 (N,): one fused dequantize-and-dot per row, rows in parallel.
     Q4_K, Q5_K, Q6_K and Q8_0 rows (K a multiple of 256) take integer dot products against x quantized
     to 16 bits per 256-block (relative error ~3e-5, activations.py), Q4_0, Q4_1 and other Q8_0 rows
-    against x quantized per 32, unless exact: then float32 weights times float32 x."""
+    against x quantized per 32, unless exact (or the CPU lacks AVX2, INTEGER): then float32 weights times
+    float32 x."""
     n, k = _matrix(w, "matvec")
     x = _activations(x, k, 1, "matvec")
     out = np.empty(n, np.float32)
-    scheme = None if exact else _int_scheme(w)
+    scheme = None if exact or not INTEGER else _int_scheme(w)
     if scheme is None:
         _dot_rows(_kernels(w.ggml_type)[0], w.data, x, out)
     else:
@@ -322,6 +328,7 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
     if len(ks) != 1:
         raise ValueError(f"matmuls: the matrices must share K, got {sorted(ks)}")
     x = _activations(x, ks.pop(), 2, "matmuls")
+    exact = exact or not INTEGER
     if 1 < x.shape[0] < min(_matvec_below(w, exact) for w in ws):   # token by token, x quantized once per scheme
         acts = {s: _token_activations(s, x) for s in {_int_scheme(w) for w in ws}}
         return [_tokens_matmul(w, acts[_int_scheme(w)]) for w in ws]
@@ -343,11 +350,12 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     """x (T, K) @ w.T -> float32 (T, N). T == 1 is matvec; a few tokens take the decode kernels (_matvec_below).
     Q4_K, Q5_K and Q6_K rows are unpacked to int16 once per tile of tokens and meet them in integer dot
     products (_int_matmul; unless exact); Q4_0, Q4_1, Q8_0, Q5_0 and Q5_1 rows the same, sixteen blocks
-    interleaved (_int_matmul32). Other types (F32, F16, BF16): _blas_matmul. (Integer prefill beat dequantize
-    + BLAS at every T measured on Zen 5, 2 threads: Mistral pp64 16.8 against 7.5 tok/s with AVX2 kernels,
-    20.5 with AVX-512; Q8_0 at T=512 287 against 115 GMAC/s.)"""
+    interleaved (_int_matmul32). Other types (F32, F16, BF16), exact, or no AVX2 (INTEGER): _blas_matmul.
+    (Integer prefill beat dequantize + BLAS at every T measured on Zen 5, 2 threads: Mistral pp64 16.8
+    against 7.5 tok/s with AVX2 kernels, 20.5 with AVX-512; Q8_0 at T=512 287 against 115 GMAC/s.)"""
     n, k = _matrix(w, "matmul")
     x = _activations(x, k, 2, "matmul")
+    exact = exact or not INTEGER
     if x.shape[0] == 1:
         return matvec(w, x[0], exact)[None, :]
     if x.shape[0] < _matvec_below(w, exact):

@@ -25,6 +25,14 @@ F16_FIELDS = {T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: 
               T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}
 
 
+@pytest.fixture(autouse=True)
+def integer_kernels(monkeypatch):
+    """The integer kernels run here on any CPU (the portable loops where there is no AVX2, the runtime's
+    float32 path there: kernels.INTEGER)."""
+    import quant.kernels as qk
+    monkeypatch.setattr(qk, "INTEGER", True)
+
+
 def fill_random(data: np.ndarray, ggml_type, seed: int) -> np.ndarray:
     """Write random valid blocks into uint8 data (..., row_bytes): finite f16 scales."""
     fmt, rng = FORMATS[ggml_type], np.random.default_rng(seed)
@@ -164,6 +172,24 @@ def test_prefill_of_32_blocks(ggml_type, k, monkeypatch):
         for t, got in zip((4, 41), prefill[path]):
             assert_close(got, ref[:t], f"{ggml_type.name} K={k} T={t} {path}", rel=1e-3)
             np.testing.assert_array_equal(got.view(np.uint32), prefill["portable"][t > 4].view(np.uint32), err_msg=path)
+
+
+@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K, T.Q4_1, T.Q8_0], ids=lambda t: t.name)
+def test_cpus_without_avx2_take_the_float_kernels(ggml_type, monkeypatch):
+    """kernels.INTEGER False (no AVX2): matvec, matmul (a few tokens and a chunk) and matmuls give what
+    exact=True gives, bit for bit (float32 kernels, dequantize + sgemm), not the portable integer loops."""
+    import quant.kernels as qk
+    w = random_tensor(ggml_type, (N, K), seed=31)
+    xs = np.random.default_rng(32).standard_normal((24, K)).astype(np.float32)
+    want = [matvec(w, xs[0], exact=True), matmul(w, xs[:3], exact=True), matmul(w, xs, exact=True)]
+    integer = matvec(w, xs[0])
+    monkeypatch.setattr(qk, "INTEGER", False)
+    got = [matvec(w, xs[0]), matmul(w, xs[:3]), matmul(w, xs)]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    for y, v in zip(matmuls([w, w], xs[:1]), (want[0], want[0])):
+        np.testing.assert_array_equal(y[0], v)
+    assert not np.array_equal(integer, want[0])   # with INTEGER, the integer path
 
 
 def test_prefill32_quantization_matches_reference():
