@@ -195,10 +195,11 @@ def test_attention_kernel_matches_float64_softmax(window, T, block, monkeypatch)
 
 @pytest.mark.parametrize("cfg", [MISTRAL, MIXTRAL], ids=lambda c: c.kind)
 def test_forward_pass_same_bits_on_every_kernel_path(tiny_gguf, cfg, monkeypatch):
-    """A Q4_K_M model's prefill and decode logits with the integer kernels forced to the portable path
-    (CPUs without AVX2), AVX2 and AVX-512 where this CPU has them: the same bits."""
+    """A Q4_K_M model's prefill and decode logits with the integer kernels forced to the portable path,
+    AVX2 and AVX-512 where this CPU has them: the same bits."""
     import quant.kernels as qk
     from quant.simd import HAS_AVX2, HAS_AVX512
+    monkeypatch.setattr(qk, "INTEGER", True)   # the integer kernels even on a CPU without AVX2
     m = gguf_runner.load(tiny_gguf(cfg, quant=15))
     ids = ids_for(cfg, 12)
     runs = {}
