@@ -145,7 +145,7 @@ def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):
     """Groups g0 .. g0 + sg (16 blocks each) of Q4_0 / Q4_1 / Q8_0 / Q5_0 / Q5_1 rows (kind 0 .. 4) r0 .. r0 + nr - 1
     (n_out of them, the last one repeated) -> w16 interleaved (row i at 512 sg i), dsc = d and msc = m
     (Q4_1 and Q5_1; else 0) by block (row i at 16 sg i). Blocks past the row's end get d = m = 0 (and whatever
-    weights: their activations are 0); a partial last group is unpacked from a zero-padded copy."""
+    weights: their activations are 0): a partial last group is unpacked from a zero-padded copy."""
     nbytes = B32_BYTES[kind]
     nb = rows.shape[1] // nbytes
     pad = np.zeros(16 * nbytes, np.uint8)
@@ -154,10 +154,6 @@ def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):
         for gg in range(sg):
             g, j = g0 + gg, (i * sg + gg) * 16
             nv = min(16, nb - 16 * g)
-            for bi in range(16):
-                o = (16 * g + bi) * nbytes
-                dsc[j + bi] = half_to_f32(f16_bits(row, o)) if bi < nv else np.float32(0)
-                msc[j + bi] = half_to_f32(f16_bits(row, o + 2)) if bi < nv and (kind == 1 or kind == 4) else np.float32(0)
             src, o = row, 16 * g * nbytes
             if nv < 16:
                 pad[:nv * nbytes] = row[o:o + nv * nbytes]
@@ -166,15 +162,15 @@ def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):
                 for line in range(0, 16 * nbytes, 64):
                     prefetch_block(row, o + line, 64)
             if kind == 0:
-                q4_0_unpack16(src, o, w16, 32 * j)
+                q4_0_unpack16(src, o, w16, 32 * j, dsc, msc, j)
             elif kind == 1:
-                q4_1_unpack16(src, o, w16, 32 * j)
+                q4_1_unpack16(src, o, w16, 32 * j, dsc, msc, j)
             elif kind == 2:
-                q8_0_unpack16(src, o, w16, 32 * j)
+                q8_0_unpack16(src, o, w16, 32 * j, dsc, msc, j)
             elif kind == 3:
-                q5_0_unpack16(src, o, w16, 32 * j)
+                q5_0_unpack16(src, o, w16, 32 * j, dsc, msc, j)
             else:
-                q5_1_unpack16(src, o, w16, 32 * j)
+                q5_1_unpack16(src, o, w16, 32 * j, dsc, msc, j)
 
 
 @njit

@@ -17,7 +17,7 @@ def _store_at(builder, ptr, offset, value):
     builder.store(value, builder.bitcast(builder.gep(ptr, [offset]), value.type.as_pointer()), align=1)
 
 
-I16ARR_W = types.Array(types.int16, 1, "C")
+I16ARR_W, F32ARR_W = types.Array(types.int16, 1, "C"), types.Array(types.float32, 1, "C")
 
 
 def _k_unpack16(qh_at, qs_at):
@@ -315,20 +315,30 @@ def _b32_unpack16(kind):
     """Sixteen blocks of Q4_0 (kind 0: q - 8), Q4_1 (1: q), Q8_0 (2: q), Q5_0 (3: q - 16) or Q5_1 (4: q) from
     row[o:], interleaved into 512 int16 at w16[y:]: int32 pair j (elements 2 j, 2 j + 1) of block i at pair
     16 j + i (activations.interleave32). Each block's 16 pairs are one <16 x i32>; the 16 x 16 transpose is
-    four rounds of two-input shuffles."""
+    four rounds of two-input shuffles. Their d to dsc[j:j + 16], their m (Q4_1, Q5_1; else 0) to msc[j:j + 16]."""
     nbytes = B32_BYTES[kind]
     qs_at, qh_at = (2, 4, 2, 6, 8)[kind], (None, None, None, 2, 4)[kind]
 
     @intrinsic
-    def unpack(typingctx, row, o, w16, y):
-        if not (_ok(row) and w16 == I16ARR_W and isinstance(o, types.Integer) and isinstance(y, types.Integer)):
+    def unpack(typingctx, row, o, w16, y, dsc, msc, j):
+        if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and msc == F32ARR_W
+                and all(isinstance(t, types.Integer) for t in (o, y, j))):
             return None
 
         def codegen(context, builder, sig, args):
-            rp = context.make_array(sig.args[0])(context, builder, args[0]).data
-            wp = context.make_array(sig.args[2])(context, builder, args[2]).data
-            o_, y_ = _i64(builder, args[1]), _i64(builder, args[3])
+            rp, wp, dp, mp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4, 5))
+            o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[6])
             v16i32, v32i16 = ir.VectorType(I32, 16), ir.VectorType(I16, 32)
+            # the blocks' d (and m) as one vector: 16 f16 -> float32 in one conversion
+            v16i16, v16f = ir.VectorType(I16, 16), ir.VectorType(ir.FloatType(), 16)
+            for ptr, at in ((dp, 0), (mp, 2 if kind in (1, 4) else None)):
+                f = ir.Constant(v16f, [0.0] * 16)
+                if at is not None:
+                    h = ir.Constant(v16i16, [0] * 16)
+                    for i in range(16):
+                        h = builder.insert_element(h, _load_at(builder, rp, builder.add(o_, ir.Constant(I64, nbytes * i + at)), I16), ir.Constant(I32, i))
+                    f = builder.fpext(builder.bitcast(h, ir.VectorType(ir.HalfType(), 16)), v16f)
+                _store_at(builder, ptr, j_, f)
             rows = []
             v32i32 = ir.VectorType(I32, 32)
             for i in range(16):
@@ -364,7 +374,7 @@ def _b32_unpack16(kind):
                 _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * j)), rows[j])
             return context.get_dummy_value()
 
-        return types.none(row, o, w16, y), codegen
+        return types.none(row, o, w16, y, dsc, msc, j), codegen
     return unpack
 
 
