@@ -12,10 +12,10 @@ interleaved, one int32 lane per block (simd_prefill.w32_4x2), against x quantize
 """
 import numpy as np
 
-from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, f16_bits, q4_k_scales
+from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, f16_bits
 from .jit import half_to_f32, njit
 from .simd import prefetch_block
-from .simd_prefill import (B32_BYTES, mins8, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
+from .simd_prefill import (B32_BYTES, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
                            q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins,
                            w16_4x2_nomins_512, w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
 
@@ -31,17 +31,13 @@ def k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, five):
     nbytes = Q5_K_BYTES if five else Q4_K_BYTES
     for i in range(n_out):
         row = rows[r0 + min(i, nr - 1)]
-        w32 = row.view(np.uint32)
         for b in range(sb):
             o, j = (b0 + b) * nbytes, i * sb + b
             prefetch_block(row, o, nbytes)
-            sc, mn = q4_k_scales(w32, o // 4 + 1)
-            dsc[j] = half_to_f32(f16_bits(row, o))
-            mins8(mn, half_to_f32(f16_bits(row, o + 2)), msc, 8 * j)
             if five:
-                q5_k_unpack16(row, o, sc, w16, j * BLOCK)
+                q5_k_unpack16(row, o, w16, j * BLOCK, dsc, msc, j)
             else:
-                q4_k_unpack16(row, o, sc, w16, j * BLOCK)
+                q4_k_unpack16(row, o, w16, j * BLOCK, dsc, msc, j)
 
 
 @njit

@@ -7,8 +7,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import (F32ARR, I8, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fold16, _i64, _load_at, _loop, _ok,
-                   _Ops, _q6_k_quants, _splat)
+from .simd import (F32ARR, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fold16, _half_pair, _i64, _k_scales_mins, _load_at,
+                   _loop, _ok, _Ops, _q6_k_quants, _splat)
 
 
 # --- prefill: unpack a block to int16 weights times scales (generic vector IR, any CPU) ---
@@ -22,19 +22,21 @@ I16ARR_W, F32ARR_W = types.Array(types.int16, 1, "C"), types.Array(types.float32
 
 def _k_unpack16(qh_at, qs_at):
     @intrinsic
-    def k_unpack16(typingctx, row, o, sc, w16, y):
-        if not (_ok(row) and w16 == I16ARR_W and all(isinstance(t, types.Integer) for t in (o, sc, y))):
+    def k_unpack16(typingctx, row, o, w16, y, dsc, msc, j):
+        if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and msc == F32ARR_W
+                and all(isinstance(t, types.Integer) for t in (o, y, j))):
             return None
 
         def codegen(context, builder, sig, args):
-            row_, o_, sc_, w_, y_ = args
-            rp = context.make_array(sig.args[0])(context, builder, row_).data
-            wp = context.make_array(sig.args[3])(context, builder, w_).data
-            o_, y_ = _i64(builder, o_), _i64(builder, y_)
+            rp, wp, dp, mp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4, 5))
+            o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[6])
             v32i16 = ir.VectorType(I16, 32)
             splat = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
-            scales = builder.zext(builder.bitcast(builder.zext(sc_, I64) if sc_.type.width < 64 else sc_, ir.VectorType(I8, 8)),
-                                  ir.VectorType(I16, 8))
+            d, dmin = _half_pair(builder, rp, o_)
+            sc8, mn8 = _k_scales_mins(builder, rp, o_)
+            builder.store(d, builder.gep(dp, [j_]))
+            _store_at(builder, mp, builder.mul(j_, ir.Constant(I64, 8)), builder.fmul(_splat(builder, dmin), builder.uitofp(mn8, V8F)))
+            scales = builder.zext(sc8, ir.VectorType(I16, 8))
             qh = None if qh_at is None else _load_at(builder, rp, builder.add(o_, ir.Constant(I64, qh_at)), V32I8)
             for g in range(4):
                 v = _load_at(builder, rp, builder.add(o_, ir.Constant(I64, qs_at + 32 * g)), V32I8)
@@ -46,30 +48,13 @@ def _k_unpack16(qh_at, qs_at):
                     _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * s)), builder.mul(builder.zext(q, v32i16), scale))
             return context.get_dummy_value()
 
-        return types.none(row, o, sc, w16, y), codegen
+        return types.none(row, o, w16, y, dsc, msc, j), codegen
     return k_unpack16
 
 
 # w16[y + 32 s + l] = scale[s] * q (int16) for the 256 weights of the Q4_K block row[o:o+144] (Q5_K: row[o:o+176],
-# q with its fifth bit); sc packs the 8 scales (byte s = scale[s])
+# q with its fifth bit), dsc[j] = d, msc[8 j + s] = dmin * min[s] (the scales and mins as simd._k_scales_mins)
 q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16), _k_unpack16(16, 48)
-
-
-@intrinsic
-def mins8(typingctx, mn, dmin, msc, y):
-    """msc[y + s] = dmin * float32(byte s of mn), s < 8: a Q4_K block's mins, in vector code (the scalar
-    loop was a quarter of the unpack)."""
-    if not (isinstance(mn, types.Integer) and dmin == types.float32 and msc in F32ARR and isinstance(y, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        mn_, dmin_, msc_, y_ = args
-        mp = context.make_array(sig.args[2])(context, builder, msc_).data
-        m = builder.uitofp(builder.bitcast(_i64(builder, mn_), ir.VectorType(I8, 8)), V8F)
-        _store_at(builder, mp, _i64(builder, y_), builder.fmul(_splat(builder, dmin_), m))
-        return context.get_dummy_value()
-
-    return types.none(mn, dmin, msc, y), codegen
 
 
 @intrinsic
