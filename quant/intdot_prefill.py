@@ -12,8 +12,8 @@ interleaved, one int32 lane per block (simd_prefill.w32_4x2), against x quantize
 """
 import numpy as np
 
-from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, f16_bits
-from .jit import half_to_f32, njit
+from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES
+from .jit import njit
 from .simd import prefetch_block
 from .simd_prefill import (B32_BYTES, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
                            q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins,
@@ -59,8 +59,7 @@ def unpack_q6_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
         for b in range(sb):
             o, j = (b0 + b) * Q6_K_BYTES, i * sb + b
             prefetch_block(row, o, Q6_K_BYTES)
-            dsc[j] = half_to_f32(f16_bits(row, o + 208))
-            q6_k_unpack16(row, o, w16, j * BLOCK)
+            q6_k_unpack16(row, o, w16, j * BLOCK, dsc, j)
 
 
 @njit(inline="always")

@@ -58,29 +58,28 @@ q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16), _k_unpack16(16, 48)
 
 
 @intrinsic
-def q6_k_unpack16(typingctx, row, o, w16, y):
-    """w16[y + e] = scale[e // 16] * (u - 32) (int16) for the 256 weights of the Q6_K block row[o:o+210]."""
-    if not (_ok(row) and w16 == I16ARR_W and isinstance(o, types.Integer) and isinstance(y, types.Integer)):
+def q6_k_unpack16(typingctx, row, o, w16, y, dsc, j):
+    """w16[y + e] = scale[e // 16] * (u - 32) (int16) for the 256 weights of the Q6_K block row[o:o+210], dsc[j] = d."""
+    if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and all(isinstance(t, types.Integer) for t in (o, y, j))):
         return None
 
     def codegen(context, builder, sig, args):
-        row_, o_, w_, y_ = args
-        rp = context.make_array(sig.args[0])(context, builder, row_).data
-        wp = context.make_array(sig.args[2])(context, builder, w_).data
-        o_, y_ = _i64(builder, o_), _i64(builder, y_)
+        rp, wp, dp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4))
+        o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[5])
+        builder.store(_half_pair(builder, rp, builder.add(o_, ir.Constant(I64, 206)))[1], builder.gep(dp, [j_]))   # d: bytes 208-209
         at = lambda k: builder.add(o_, ir.Constant(I64, k))  # noqa: E731
         v32i16 = ir.VectorType(I16, 32)
         scales = builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16)
         for h in range(2):
             for col, q in enumerate(_q6_k_quants(builder, rp, at, h)):
-                j = 8 * h + 2 * col
+                sj = 8 * h + 2 * col
                 scale = builder.shuffle_vector(scales, ir.Constant(V16I16, None),
-                                               ir.Constant(ir.VectorType(I32, 32), [j] * 16 + [j + 1] * 16))
+                                               ir.Constant(ir.VectorType(I32, 32), [sj] * 16 + [sj + 1] * 16))
                 signed = builder.sub(builder.zext(q, v32i16), ir.Constant(v32i16, [32] * 32))
                 _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 128 * h + 32 * col)), builder.mul(signed, scale))
         return context.get_dummy_value()
 
-    return types.none(row, o, w16, y), codegen
+    return types.none(row, o, w16, y, dsc, j), codegen
 
 
 def _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):   # the argument types of the four-by-two kernels
