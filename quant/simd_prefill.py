@@ -20,16 +20,24 @@ def _store_at(builder, ptr, offset, value):
 I16ARR_W, F32ARR_W = types.Array(types.int16, 1, "C"), types.Array(types.float32, 1, "C")
 
 
+def _unpack_ok(row, o, w16, y, dsc, msc, j):   # the argument types of the unpack intrinsics below
+    return (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and msc == F32ARR_W
+            and all(isinstance(t, types.Integer) for t in (o, y, j)))
+
+
+def _unpack_args(context, builder, sig, args):   # row, w16, dsc, msc data pointers; o, y, j as i64
+    ptrs = [context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4, 5)]
+    return (*ptrs, *(_i64(builder, args[k]) for k in (1, 3, 6)))
+
+
 def _k_unpack16(qh_at, qs_at):
     @intrinsic
     def k_unpack16(typingctx, row, o, w16, y, dsc, msc, j):
-        if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and msc == F32ARR_W
-                and all(isinstance(t, types.Integer) for t in (o, y, j))):
+        if not _unpack_ok(row, o, w16, y, dsc, msc, j):
             return None
 
         def codegen(context, builder, sig, args):
-            rp, wp, dp, mp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4, 5))
-            o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[6])
+            rp, wp, dp, mp, o_, y_, j_ = _unpack_args(context, builder, sig, args)
             v32i16 = ir.VectorType(I16, 32)
             splat = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
             d, dmin = _half_pair(builder, rp, o_)
@@ -305,13 +313,11 @@ def _b32_unpack16(kind):
 
     @intrinsic
     def unpack(typingctx, row, o, w16, y, dsc, msc, j):
-        if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and msc == F32ARR_W
-                and all(isinstance(t, types.Integer) for t in (o, y, j))):
+        if not _unpack_ok(row, o, w16, y, dsc, msc, j):
             return None
 
         def codegen(context, builder, sig, args):
-            rp, wp, dp, mp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4, 5))
-            o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[6])
+            rp, wp, dp, mp, o_, y_, j_ = _unpack_args(context, builder, sig, args)
             v16i32, v32i16 = ir.VectorType(I32, 16), ir.VectorType(I16, 32)
             # the blocks' d (and m) as one vector: 16 f16 -> float32 in one conversion
             v16i16, v16f = ir.VectorType(I16, 16), ir.VectorType(ir.FloatType(), 16)
