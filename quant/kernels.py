@@ -146,8 +146,8 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg, unit, dpe
 
 
 # Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
-# from the CPU's features; tests switch it to check that all paths agree. Q8_0 has no AVX-512 kernel:
-# AVX-512 CPUs run its AVX2 one.
+# from the CPU's features; tests switch it to check that all paths agree. Q8_0's per-256 kernel has no AVX-512
+# version: AVX-512 CPUs run its AVX2 one.
 INT_PATH = "avx512" if HAS_AVX512 else "avx2" if HAS_AVX2 else "portable"
 # Integer kernels where the CPU has AVX2; elsewhere the float32 kernels and BLAS (what exact=True takes). The
 # portable integer loops exist to check the SIMD ones bit for bit: they do not vectorize, and ran 4-15x
@@ -178,7 +178,7 @@ _W4X2_NOMINS = {"portable": intdot_prefill.w16_4x2_nomins_portable, "avx2": intd
 # the mins kernel for Q4_1 and Q5_1)
 _UNPACK32 = {T.Q4_0: intdot_prefill.unpack32_q4_0, T.Q4_1: intdot_prefill.unpack32_q4_1, T.Q8_0: intdot_prefill.unpack32_q8_0,
              T.Q5_0: intdot_prefill.unpack32_q5_0, T.Q5_1: intdot_prefill.unpack32_q5_1}
-_W32 = {"portable": intdot_prefill.w32_4x2_portable, "avx2": intdot_prefill.w32_4x2_avx2, "avx512": intdot_prefill.w32_4x2_avx512}   # Q4_1
+_W32 = {"portable": intdot_prefill.w32_4x2_portable, "avx2": intdot_prefill.w32_4x2_avx2, "avx512": intdot_prefill.w32_4x2_avx512}   # Q4_1, Q5_1
 _W32_NOMINS = {"portable": intdot_prefill.w32_4x2_nomins_portable, "avx2": intdot_prefill.w32_4x2_nomins_avx2,
                "avx512": intdot_prefill.w32_4x2_nomins_avx512}
 
