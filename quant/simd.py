@@ -343,10 +343,11 @@ def _k_scales_mins(builder, row_, o):
     return shuffle(both, both, list(range(8))), shuffle(both, both, list(range(8, 16)))
 
 
-def _k_terms(op, weights, b, d, dmin, mn32, xd_, xp_, bs_):
-    """Block b's terms for _row_loop: its weights (_k_weights_*) against one token's xd, qp and bsums."""
+def _k_terms(op, dot, weights, b, d, dmin, mn32, xd_, xp_, bs_):
+    """Block b's terms for _row_loop: its weights (_k_weights_*) against one token's xd, qp and bsums, by dot
+    (_k_dot_256 or _k_dot_512)."""
     builder = op.b
-    acc = (_k_dot_256 if len(weights[0]) == 16 else _k_dot_512)(op, xp_, builder.mul(b, ir.Constant(I64, 256)), weights)
+    acc = dot(op, xp_, builder.mul(b, ir.Constant(I64, 256)), weights)
     # lane L: elements 4L..4L+3 of each of 8 sub-blocks, 8 x 4 x 31 x 32512 x 63 < 2**31 (Q5_K)
     pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
     m = builder.mul(mn32, pairs)  # min[s] * bsums of sub-block s: < 63 * 1.05e6
@@ -385,7 +386,7 @@ def _q4_5_k_row(block_bytes, qh_at, qs_at, wide=False):
             d, dmin = _half_pair(builder, row_, o)
             sc8, mn8 = _k_scales_mins(builder, row_, o)
             weights = (_k_weights_512 if wide else _k_weights_256)(builder, row_, at, sc8, qh_at, qs_at)
-            return _k_terms(op, weights, b, d, dmin, builder.zext(mn8, V8I32), xd_, xp_, bs_)
+            return _k_terms(op, _k_dot_512 if wide else _k_dot_256, weights, b, d, dmin, builder.zext(mn8, V8I32), xd_, xp_, bs_)
 
         def codegen(context, builder, sig, args):
             return _row_loop(context, builder, sig, args, block_bytes, body)
@@ -442,7 +443,7 @@ def _q4_5_k_tokens(block_bytes, qh_at, qs_at, wide):
                         return [builder.fadd(accs[g], _k_terms16(op, weights, b, dd16, mn32, *ptrs[g])) for g in range(n)]
                     weights, new = _k_weights_256(builder, row_, at, sc8, qh_at, qs_at), []
                     for g in range(n):
-                        terms, mterms = _k_terms(op, weights, b, d, dmin, mn32, *ptrs[g])
+                        terms, mterms = _k_terms(op, _k_dot_256, weights, b, d, dmin, mn32, *ptrs[g])
                         new += [add(accs[2 * g], terms), add(accs[2 * g + 1], mterms)]
                     return new
 
