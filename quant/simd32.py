@@ -11,9 +11,9 @@ from .simd import (F32ARR, I16, I16ARR, I32, I32ARR, I64, V8F, V8I32, V16I8, V16
 
 
 def _b32_quants(builder, row_, at, kind, blocks):
-    """The quants of one or two blocks of 32 (the 16-bit words of `blocks` <= 2 blocks, block k's at byte
-    offset at(k, offset)) as two int16 vectors: elements 0..15 of each block, then elements 16..31 (the two
-    nibbles of Q4 byte i are elements i and 16 + i), block 1's in the upper half."""
+    """The quants of `blocks` (1 or 2) blocks of 32, block k's bytes at at(k, offset), as two int16 vectors:
+    elements 0..15 of each block, then elements 16..31 (the two nibbles of Q4 byte i are elements i and
+    16 + i); the second block's in the upper half of each."""
     n = 16 * blocks
     vi16 = ir.VectorType(I16, n)
     cat = lambda vs, lanes: vs[0] if len(vs) == 1 else builder.shuffle_vector(vs[0], vs[1], ir.Constant(ir.VectorType(I32, lanes), list(range(lanes))))  # noqa: E731
