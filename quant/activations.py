@@ -171,7 +171,7 @@ def quantize_activations32(x: np.ndarray):
     return d, q16, s32
 
 
-# --- prefill of the 32-block types (kernels._int_matmul32): blocks interleaved sixteen at a time ---
+# --- prefill of the 32-block types (kernels._int_matmul, layout 512): blocks interleaved sixteen at a time ---
 
 def interleave32(k: int) -> int:
     """K padded to whole groups of 16 blocks of 32 (512), the row length of the interleaved layout: in each

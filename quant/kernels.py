@@ -224,15 +224,22 @@ _SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, _dot16_tokens, quantiz
 
 
 @cache
-def _prefill_kernels32(ggml_type: int, path: str):
-    dot4x2 = (_W32 if ggml_type in (T.Q4_1, T.Q5_1) else _W32_NOMINS)[path]
-    return kernel_address(_UNPACK32[ggml_type], UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG)
-
-
-@cache
 def _prefill_kernels(ggml_type: int, path: str):
-    dot4x2 = (_W4X2_NOMINS if ggml_type == T.Q6_K else _W4X2)[path]
-    return kernel_address(_UNPACK[ggml_type], UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG)
+    """(unpack, four-by-two kernel) addresses: the mins kernels for the types with offsets (Q4_K, Q5_K,
+    Q4_1, Q5_1)."""
+    if ggml_type in _UNPACK:
+        unpack, dot4x2 = _UNPACK[ggml_type], (_W4X2_NOMINS if ggml_type == T.Q6_K else _W4X2)[path]
+    else:
+        unpack, dot4x2 = _UNPACK32[ggml_type], (_W32 if ggml_type in (T.Q4_1, T.Q5_1) else _W32_NOMINS)[path]
+    return kernel_address(unpack, UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG)
+
+
+def _prefill_scheme(w: QuantizedTensor, exact: bool) -> int | None:
+    """Integer prefill's layout for w (a _PREFILL key: 256 for the K-quants, 512 for sixteen interleaved
+    blocks of 32), None where it dequantizes for BLAS."""
+    if exact:
+        return None
+    return 256 if w.ggml_type in _UNPACK else 512 if w.ggml_type in _UNPACK32 else None
 
 
 @cache
@@ -332,9 +339,10 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
     if 1 < x.shape[0] < min(_matvec_below(w, exact) for w in ws):   # token by token, x quantized once per scheme
         acts = {s: _token_activations(s, x) for s in {_int_scheme(w) for w in ws}}
         return [_tokens_matmul(w, acts[_int_scheme(w)]) for w in ws]
-    if x.shape[0] > 1 and not exact and all(_UNPACK.get(w.ggml_type) for w in ws):   # integer prefill: quantize x once
-        acts = _prefill_activations(x)
-        return [_int_matmul(w, acts) for w in ws]
+    schemes = [_prefill_scheme(w, exact) for w in ws]
+    if x.shape[0] > 1 and None not in schemes:   # integer prefill: x quantized once per layout
+        acts = {s: _prefill_activations(x, s) for s in set(schemes)}
+        return [_int_matmul(w, acts[s], s) for w, s in zip(ws, schemes)]
     schemes = {None if exact else _int_scheme(w) for w in ws}
     if x.shape[0] != 1 or len(ws) == 1 or schemes not in ({256}, {32}):
         return [matmul(w, x, exact) for w in ws]
@@ -350,7 +358,7 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
     """x (T, K) @ w.T -> float32 (T, N). T == 1 is matvec; a few tokens take the decode kernels (_matvec_below).
     Q4_K, Q5_K and Q6_K rows are unpacked to int16 once per tile of tokens and meet them in integer dot
     products (_int_matmul; unless exact); Q4_0, Q4_1, Q8_0, Q5_0 and Q5_1 rows the same, sixteen blocks
-    interleaved (_int_matmul32). Other types (F32, F16, BF16), exact, or no AVX2 (INTEGER): _blas_matmul.
+    interleaved (_prefill_scheme). Other types (F32, F16, BF16), exact, or no AVX2 (INTEGER): _blas_matmul.
     (Integer prefill beat dequantize + BLAS at every T measured on Zen 5, 2 threads: Mistral pp64 16.8
     against 7.5 tok/s with AVX2 kernels, 20.5 with AVX-512; Q8_0 at T=512 287 against 115 GMAC/s.)"""
     n, k = _matrix(w, "matmul")
@@ -360,10 +368,9 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
         return matvec(w, x[0], exact)[None, :]
     if x.shape[0] < _matvec_below(w, exact):
         return _tokens_matmul(w, _token_activations(_int_scheme(w), x))
-    if not exact and _UNPACK.get(w.ggml_type):
-        return _int_matmul(w, _prefill_activations(x))
-    if not exact and w.ggml_type in _UNPACK32:
-        return _int_matmul32(w, _prefill_activations(x, quantize_prefill32))
+    scheme = _prefill_scheme(w, exact)
+    if scheme is not None:
+        return _int_matmul(w, _prefill_activations(x, scheme), scheme)
     return _blas_matmul(w, x)
 
 
@@ -399,41 +406,34 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _prefill_activations(x: np.ndarray, quantize=quantize_prefill):
-    """(T, K) -> (T, acts) for _int_matmul (_int_matmul32: quantize_prefill32): acts = quantize(x), with a
-    zero token after an odd count (the kernels take tokens two at a time; its results are dropped)."""
+# Integer prefill layouts (_prefill_scheme): the tokens' quantizer, and per unit of the layout its elements,
+# weight scales and mins (the _w16_rows arguments)
+_PREFILL = {256: (quantize_prefill, 256, 1, 8), 512: (quantize_prefill32, 512, 16, 16)}
+
+
+def _prefill_activations(x: np.ndarray, scheme: int):
+    """(T, K) -> (T, acts) for _int_matmul: acts = the scheme's quantizer on x, with a zero token after an odd
+    count (the kernels take tokens two at a time; its results are dropped)."""
     n_t = x.shape[0]
     if n_t % 2:
         x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])
-    return n_t, quantize(x)
+    return n_t, _PREFILL[scheme][0](x)
 
 
-def _int_matmul(w: QuantizedTensor, acts) -> np.ndarray:
-    """Integer dot products, for a tile of tokens at a time (_w16_rows)."""
+def _int_matmul(w: QuantizedTensor, acts, scheme: int) -> np.ndarray:
+    """Integer dot products, for a tile of tokens at a time (_w16_rows); K by segments of SEG_BLOCKS x 256
+    weights in either layout."""
     n_t, (xd, q16, px) = acts
+    _, unit, dper, mper = _PREFILL[scheme]
     unpack, dot4x2 = _prefill_kernels(w.ggml_type, INT_PATH)
     out = np.empty((q16.shape[0], w.shape[0]), np.float32)
-    seg_bytes = 2 * 256 * min(SEG_BLOCKS, q16.shape[1] // 256)
+    seg = max(1, SEG_BLOCKS * 256 // unit)
+    seg_bytes = 2 * unit * min(seg, q16.shape[1] // unit)
     tile = max(8, TILE_BYTES // seg_bytes // 8 * 8)
     block_rows = max(16, TILE_BYTES // 2 // seg_bytes // 4 * 4)
     for t0 in range(0, q16.shape[0], tile):   # each tile's results go straight to its rows of out
         t1 = min(q16.shape[0], t0 + tile)
-        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1], block_rows, SEG_BLOCKS, 256, 1, 8)
-    return out[:n_t]
-
-
-def _int_matmul32(w: QuantizedTensor, acts) -> np.ndarray:
-    """_int_matmul for the 32-block types: sixteen blocks interleaved (activations.quantize_prefill32)."""
-    n_t, (xd, q16, sx) = acts
-    unpack, dot4x2 = _prefill_kernels32(w.ggml_type, INT_PATH)
-    out = np.empty((q16.shape[0], w.shape[0]), np.float32)
-    seg = max(1, SEG_BLOCKS // 2)   # groups of 512: the K-quants' segment in bytes
-    seg_bytes = 2 * 512 * min(seg, q16.shape[1] // 512)
-    tile = max(8, TILE_BYTES // seg_bytes // 8 * 8)
-    block_rows = max(16, TILE_BYTES // 2 // seg_bytes // 4 * 4)
-    for t0 in range(0, q16.shape[0], tile):
-        t1 = min(q16.shape[0], t0 + tile)
-        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], sx[t0:t1], out[t0:t1], block_rows, seg, 512, 16, 16)
+        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1], block_rows, seg, unit, dper, mper)
     return out[:n_t]
 
 

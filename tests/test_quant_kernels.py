@@ -124,7 +124,7 @@ def test_integer_path_vs_float64(ggml_type, monkeypatch):
         ys = matmul(w, xs)
         assert_close(ys, xs.astype(np.float64) @ wf.T, f"{ggml_type.name} matmul T={t}", rel=1e-3)
         if ggml_type not in _UNPACK:
-            continue   # Q8_0's prefill quantizes x per 32 (_int_matmul32), its decode per 256: checked above against float64
+            continue   # Q8_0's prefill quantizes x per 32 (kernels._PREFILL 512), its decode per 256: checked above against float64
         # integer prefill (int16 weights x 16-bit activations) and decode (two int8 planes,
         # simd.q4_k_row) round differently, by about 1e-7 of the result
         decode = np.stack([matvec(w, v) for v in xs]).astype(np.float64)
@@ -157,7 +157,7 @@ def test_integer_path_of_32_blocks(ggml_type, k, monkeypatch):
 @pytest.mark.parametrize("k", [576, K])
 @pytest.mark.parametrize("ggml_type", list(_UNPACK32), ids=lambda t: t.name)
 def test_prefill_of_32_blocks(ggml_type, k, monkeypatch):
-    """Prefill of Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 (_int_matmul32: sixteen blocks interleaved; K = 576 ends in a
+    """Prefill of Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 (kernels._int_matmul, layout 512: sixteen blocks interleaved; K = 576 ends in a
     partial group, 768 too): close to float64, the same bits on every path."""
     import quant.kernels as qk
     from quant.simd import HAS_AVX2, HAS_AVX512
@@ -458,14 +458,14 @@ def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
         np.testing.assert_array_equal(call(), want)
 
 
-@pytest.mark.parametrize("types_", [(T.Q4_K, T.Q4_K, T.Q6_K), (T.Q4_1, T.Q8_0), (T.Q4_K, T.Q4_1, T.F16)],
-                         ids=["k-quants", "blocks-of-32", "mixed"])
+@pytest.mark.parametrize("types_", [(T.Q4_K, T.Q4_K, T.Q6_K), (T.Q4_1, T.Q8_0), (T.Q4_K, T.Q8_0, T.Q8_0), (T.Q4_K, T.Q4_1, T.F16)],
+                         ids=["k-quants", "blocks-of-32", "both-prefill-layouts", "mixed"])
 def test_matmuls_is_matmul_of_each(types_):
     """One pass over several matrices (one activation quantization, one parallel loop) gives each one's
     matmul bit for bit, for one token and for several; rows of different lengths and types mix."""
     ws = [random_tensor(t, (n, K), seed=30 + n) for t, n in zip(types_, (N, 16, 5))]
     rng = np.random.default_rng(31)
-    for t in (1, 3):
+    for t in (1, 3, 24):   # 24: integer prefill, x quantized once per layout
         x = rng.standard_normal((t, K)).astype(np.float32)
         got = matmuls(ws, x)
         assert len(got) == len(ws)
