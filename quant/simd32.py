@@ -6,7 +6,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .simd import (F32ARR, I16, I16ARR, I32, I32ARR, I64, V8F, V8I32, V16I8, V16I16, _half_pair, _lane_sum, _load_at, _loop, _ok, _Ops,
+from .simd import (F32ARR, I16, I16ARR, I32, I32ARR, I64, V8F, V8I32, V16I8, V16I16, _half_pair, _lane_sum, _load_at, _load_whole32, _loop, _ok, _Ops,
                    _prefetch_ahead, _splat)
 
 
@@ -59,10 +59,8 @@ def _b32_row(kind, block_bytes, wide=False):
             o = builder.mul(b, ir.Constant(I64, block_bytes))
             at = lambda k, off: builder.add(o, ir.Constant(I64, block_bytes * k + off))  # noqa: E731
             # (d, m) of both blocks as one <4 x half> (two 32-bit loads; m is quant bytes for Q4_0 and Q8_0)
-            bits = [_load_at(builder, row_, at(k, 0), I32) for k in range(2)]
-            if kind == 0:   # keep both loads whole (_half_pair)
-                for v in bits:
-                    builder.asm(ir.FunctionType(ir.VoidType(), [I32]), "", "r", [v], True)
+            bits = [_load_whole32(builder, row_, at(k, 0)) if kind == 0 else _load_at(builder, row_, at(k, 0), I32)
+                    for k in range(2)]   # Q4_0 uses d only: kept whole as in _half_pair
             pair = builder.insert_element(builder.insert_element(ir.Constant(ir.VectorType(I32, 2), None), bits[0], ir.Constant(I32, 0)),
                                           bits[1], ir.Constant(I32, 1))
             dm = builder.fpext(builder.bitcast(pair, ir.VectorType(ir.HalfType(), 4)), ir.VectorType(ir.FloatType(), 4))
