@@ -325,7 +325,7 @@ def _k_dot_512(op, xp_, y, weights):
                 s0 = 4 * pg + half
                 x = _load_at(builder, xp_, builder.add(y, ir.Constant(I64, qp_chunk(s0, parity))), v32)
                 acc = op.dpwssd(acc, qs[pg, half, parity], x)
-            accs.append(builder.mul(acc, scales[pg, half]) if scales else acc)
+            accs.append(builder.mul(acc, scales[pg, half]))
     return _fold16(builder, builder.add(builder.add(accs[0], accs[1]), builder.add(accs[2], accs[3])))
 
 
@@ -353,12 +353,16 @@ def _k_terms(op, dot, weights, b, d, dmin, mn32, xd_, xp_, bs_):
     """Block b's terms for _row_loop: its weights (_k_weights_*) against one token's xd, qp and bsums, by dot
     (_k_dot_256 or _k_dot_512)."""
     builder = op.b
-    acc = dot(op, xp_, builder.mul(b, ir.Constant(I64, 256)), weights)
     # lane L: elements 4L..4L+3 of each of 8 sub-blocks, 8 x 4 x 31 x 32512 x 63 < 2**31 (Q5_K)
-    pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
-    m = builder.mul(mn32, pairs)  # min[s] * bsums of sub-block s: < 63 * 1.05e6
+    acc = dot(op, xp_, builder.mul(b, ir.Constant(I64, 256)), weights)
     xdb = _load_at(builder, xd_, b, ir.FloatType())
-    return [(builder.sitofp(acc, V8F), builder.fmul(xdb, d))], [(builder.sitofp(m, V8F), builder.fmul(xdb, dmin))]
+    return ([(builder.sitofp(acc, V8F), builder.fmul(xdb, d))],
+            [(builder.sitofp(_k_mins(builder, mn32, bs_, b), V8F), builder.fmul(xdb, dmin))])
+
+
+def _k_mins(builder, mn32, bs_, b):   # min[s] * the sum of block b's q16 over sub-block s: < 63 * 1.05e6
+    pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
+    return builder.mul(mn32, pairs)
 
 
 def _k_terms16(op, weights, b, dd16, mn32, xd_, xp_, bs_):
@@ -366,8 +370,7 @@ def _k_terms16(op, weights, b, dd16, mn32, xd_, xp_, bs_):
     dd16 = (d x 8, dmin x 8). Lane by lane the same float32 operations, so the same values."""
     builder = op.b
     acc = _k_dot_512(op, xp_, builder.mul(b, ir.Constant(I64, 256)), weights)
-    pairs = _even_odd_sum(builder, _load_at(builder, bs_, builder.mul(b, ir.Constant(I64, 16)), ir.VectorType(I32, 16)))
-    both = builder.shuffle_vector(acc, builder.mul(mn32, pairs), ir.Constant(ir.VectorType(I32, 16), list(range(16))))
+    both = builder.shuffle_vector(acc, _k_mins(builder, mn32, bs_, b), ir.Constant(ir.VectorType(I32, 16), list(range(16))))
     scale = builder.fmul(_splat(builder, _load_at(builder, xd_, b, ir.FloatType()), 16), dd16)
     return builder.fmul(builder.sitofp(both, ir.VectorType(ir.FloatType(), 16)), scale)
 
