@@ -90,27 +90,32 @@ def _tree8(v):
 
 
 @njit(inline="always")
-def w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins):
-    """Portable simd_prefill.w16_4x2: rows 4 q + r = w16[(4 q + r) K:][:K], token pair j at xo + 2 j xs and xo + (2 j + 1) xs."""
-    n_rows = 4 * out.shape[0]
-    k = w16.size // n_rows
-    nb = k // BLOCK
+def w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins, per):
+    """Portable simd_prefill.w16_4x2 (per = 256: a weight scale and 8 mins per 256 weights, xd per 256) and
+    w32_4x2 (per = 32: scales, mins and xd per block of 32): rows 4 q + r = w16[(4 q + r) K:][:K], token pair
+    j at xo + 2 j xs and xo + (2 j + 1) xs."""
+    k = w16.size // (4 * out.shape[0])
+    nb, mper = k // per, 8 if per == BLOCK else 1
     for q in range(out.shape[0]):
         for j in range(out.shape[1] // 8):
             for p in range(8):
                 r, t = 4 * q + p // 2, 2 * j + p % 2
-                out[q, 8 * j + p] += w16_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[8 * r * nb:8 * (r + 1) * nb],
-                                                  x16, xd, px, xo + t * xs, bo + t * (xs // BLOCK), mins)
+                ws, ds, ms = w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[mper * r * nb:mper * (r + 1) * nb]
+                x0, b0 = xo + t * xs, bo + t * (xs // per)
+                if per == BLOCK:
+                    out[q, 8 * j + p] += w16_acc_loop(ws, ds, ms, x16, xd, px, x0, b0, mins)
+                else:
+                    out[q, 8 * j + p] += w32_acc_loop(ws, ds, ms, x16, xd, px, x0, b0, mins)
 
 
 @njit
 def w16_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True)
+    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True, BLOCK)
 
 
 @njit
 def w16_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):   # Q6_K: no mins
-    w16_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False)
+    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False, BLOCK)
 
 
 @njit
@@ -210,27 +215,14 @@ def w32_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
     return np.float64(_tree8(acc[:8] + acc[8:]))
 
 
-@njit(inline="always")
-def w32_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins):
-    """Portable simd_prefill.w32_4x2, as w16_4x2_loop."""
-    k = w16.size // (4 * out.shape[0])
-    nbk = k // 32
-    for q in range(out.shape[0]):
-        for j in range(out.shape[1] // 8):
-            for p in range(8):
-                r, t = 4 * q + p // 2, 2 * j + p % 2
-                out[q, 8 * j + p] += w32_acc_loop(w16[r * k:(r + 1) * k], dsc[r * nbk:(r + 1) * nbk], msc[r * nbk:(r + 1) * nbk],
-                                                  x16, xd, px, xo + t * xs, bo + t * (xs // 32), mins)
-
-
 @njit
 def w32_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w32_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True)
+    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True, 32)
 
 
 @njit
 def w32_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w32_4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False)
+    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False, 32)
 
 
 @njit
