@@ -173,40 +173,77 @@ def quantize_activations32(x: np.ndarray):
 
 # --- prefill of the 32-block types (kernels._int_matmul, layout 512): blocks interleaved sixteen at a time ---
 
+@njit(inline="always")
+def group32(g, nb):
+    """Blocks in group g of a row of nb blocks of 32 (interleaved layout): 16, or for a last group of r < 16
+    the power of two r rounds up to (1, 2, 4, 8 or 16; the rest padding)."""
+    r = min(16, nb - 16 * g)
+    n = 1
+    while n < r:
+        n *= 2
+    return n
+
+
+@njit(inline="always")
+def slot32(i, p, n):
+    """Where int32 pair p (elements 2 p, 2 p + 1) of block i of a group of n blocks sits in it, in int16:
+    lane i + n (p mod 16/n) of pair row p // (16/n), so that each of the 16 lanes of a pairwise multiply-add
+    meets one block only: for n = 16 lane i is block i; in a smaller last group, blocks repeat across the lanes
+    (lane l: block l mod n) and the group is 32 n long, not 512."""
+    m = 16 // n
+    return 32 * (p // m) + 2 * (i + n * (p % m))
+
+
 def interleave32(k: int) -> int:
-    """K padded to whole groups of 16 blocks of 32 (512), the row length of the interleaved layout: in each
-    group, int32 pair j (elements 2 j, 2 j + 1) of block i sits at pair 16 j + i, so that lane i of a
-    pairwise multiply-add meets block i only (simd_prefill.w32_4x2)."""
-    return -(-k // 512) * 512
+    """The row length of the interleaved layout for K (a multiple of 32): 512 per whole group of 16 blocks,
+    32 n for a last group of n (group32), so K = 576 stays 576 and K = 608 becomes 640."""
+    nb = k // 32
+    return 512 * (nb // 16) + (32 * group32(nb // 16, nb) if nb % 16 else 0)
+
+
+def scales32(k: int) -> int:
+    """Entries per row (or token) of the interleaved layout's d and sx arrays: 16 per group, one per lane."""
+    return 16 * -(-k // 512)
 
 
 @njit_parallel
 def _quantize_prefill32(x, d, q16, sx):
+    nb = x.shape[1] // 32
     for t in prange(x.shape[0]):
         bits = x[t].view(np.uint32)
-        for b in range(d.shape[1]):
-            base = 512 * (b // 16) + 2 * (b % 16)
-            if 32 * b >= x.shape[1]:   # padding: d = 0, q16 = 0
-                d[t, b], sx[t, b] = 0, 0
-                for e in range(32):
-                    q16[t, base + 32 * (e // 2) + e % 2] = 0
-                continue
-            d[t, b], inv = _block_scale(bits, 32 * b, 32)
-            s = np.int32(0)
-            for e in range(32):
-                q = _round(x[t, 32 * b + e], inv)
-                q16[t, base + 32 * (e // 2) + e % 2] = q
-                s += q
-            sx[t, b] = np.float32(s) * d[t, b]
+        for g in range(d.shape[1] // 16):
+            n, base, j = group32(g, nb), 512 * g, 16 * g
+            for i in range(n):
+                b = j + i
+                if b >= nb:   # padding: d = 0, q16 = 0
+                    d[t, j + i], sx[t, j + i] = 0, 0
+                    for p in range(16):
+                        q16[t, base + slot32(i, p, n)] = q16[t, base + slot32(i, p, n) + 1] = 0
+                    continue
+                d[t, j + i], inv = _block_scale(bits, 32 * b, 32)
+                s = np.int32(0)
+                if n == 16:   # slot32 with constants: pair p at 32 p + 2 i
+                    for e in range(32):
+                        q = _round(x[t, 32 * b + e], inv)
+                        q16[t, base + 32 * (e // 2) + 2 * i + e % 2] = q
+                        s += q
+                else:
+                    for e in range(32):
+                        q = _round(x[t, 32 * b + e], inv)
+                        q16[t, base + slot32(i, e // 2, n) + e % 2] = q
+                        s += q
+                sx[t, j + i] = np.float32(s) * d[t, j + i]
+            for lane in range(n, 16):   # lanes that repeat a block: its d, and sx 0 (the block's offset counts once)
+                d[t, j + lane], sx[t, j + lane] = d[t, j + lane % n], 0
 
 
 def quantize_prefill32(x: np.ndarray):
-    """x (T, K) float32 contiguous, K % 32 == 0 -> d (T, Kp/32) f32 per block of 32 (as quantize32), q16
-    (T, Kp) int16 interleaved (interleave32, cache-line aligned), sx (T, Kp/32) f32: d times the block's
-    sum of q16; Kp = interleave32(K), the padding zero."""
+    """x (T, K) float32 contiguous, K % 32 == 0 -> d (T, scales32(K)) f32 per lane (as quantize32 per block), q16
+    (T, Kp) int16 interleaved (slot32, cache-line aligned), sx (T, scales32(K)) f32: d times the block's sum of
+    q16 (on one lane per block); Kp = interleave32(K), the padding zero."""
     t, k = x.shape
-    kp = interleave32(k)
-    d, sx = np.empty((t, kp // 32), np.float32), np.empty((t, kp // 32), np.float32)
+    kp, ns = interleave32(k), scales32(k)
+    d, sx = np.empty((t, ns), np.float32), np.empty((t, ns), np.float32)
     q16 = aligned_int16(t * kp).reshape(t, kp)
     _quantize_prefill32(x, d, q16, sx)
     return d, q16, sx

@@ -12,6 +12,7 @@ interleaved, one int32 lane per block (simd_prefill.w32_4x2), against x quantize
 """
 import numpy as np
 
+from .activations import group32, slot32
 from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES
 from .jit import njit
 from .simd import prefetch_block
@@ -92,16 +93,17 @@ def _tree8(v):
 @njit(inline="always")
 def w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins, per):
     """Portable simd_prefill.w16_4x2 (per = 256: a weight scale and 8 mins per 256 weights, xd per 256) and
-    w32_4x2 (per = 32: scales, mins and xd per block of 32): rows 4 q + r = w16[(4 q + r) K:][:K], token pair
+    w32_4x2 (per = 32: scales, mins and xd per lane, 16 per group of 16 blocks of 32): rows 4 q + r = w16[(4 q + r) K:][:K], token pair
     j at xo + 2 j xs and xo + (2 j + 1) xs."""
     k = w16.size // (4 * out.shape[0])
-    nb, mper = k // per, 8 if per == BLOCK else 1
+    nb, mper = k // per if per == BLOCK else 16 * -(-k // 512), 8 if per == BLOCK else 1   # scales per row
+    xsb = xs // per if per == BLOCK else 16 * -(-xs // 512)
     for q in range(out.shape[0]):
         for j in range(out.shape[1] // 8):
             for p in range(8):
                 r, t = 4 * q + p // 2, 2 * j + p % 2
                 ws, ds, ms = w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[mper * r * nb:mper * (r + 1) * nb]
-                x0, b0 = xo + t * xs, bo + t * (xs // per)
+                x0, b0 = xo + t * xs, bo + t * xsb
                 if per == BLOCK:
                     out[q, 8 * j + p] += w16_acc_loop(ws, ds, ms, x16, xd, px, x0, b0, mins)
                 else:
@@ -142,35 +144,50 @@ def w16_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
 
 @njit(inline="always")
 def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):
-    """Groups g0 .. g0 + sg (16 blocks each) of Q4_0 / Q4_1 / Q8_0 / Q5_0 / Q5_1 rows (kind 0 .. 4) r0 .. r0 + nr - 1
-    (n_out of them, the last one repeated) -> w16 interleaved (row i at 512 sg i), dsc = d and msc = m
-    (Q4_1 and Q5_1; else 0) by block (row i at 16 sg i). Blocks past the row's end get d = m = 0 (and whatever
-    weights: their activations are 0): a partial last group is unpacked from a zero-padded copy."""
+    """Groups g0 .. g0 + sg of Q4_0 / Q4_1 / Q8_0 / Q5_0 / Q5_1 rows (kind 0 .. 4) r0 .. r0 + nr - 1 (n_out of
+    them, the last one repeated) -> w16 interleaved as activations.slot32 lays them out (row i at i times the
+    segment's length), dsc = d and msc = m (Q4_1 and Q5_1; else 0) by lane (16 per group; row i at 16 sg i).
+    A partial last group is unpacked from a zero-padded copy as sixteen blocks, then moved to its lanes
+    (a lane repeating a block gets its d and m = 0); padding blocks get d = m = 0."""
     nbytes = B32_BYTES[kind]
     nb = rows.shape[1] // nbytes
+    last = group32(g0 + sg - 1, nb)
+    seg = 512 * (sg - 1) + 32 * last
     pad = np.zeros(16 * nbytes, np.uint8)
+    tw, td, tm = np.empty(512, np.int16), np.empty(16, np.float32), np.empty(16, np.float32)
     for i in range(n_out):
         row = rows[r0 + min(i, nr - 1)]
         for gg in range(sg):
-            g, j = g0 + gg, (i * sg + gg) * 16
+            g, j, y = g0 + gg, (i * sg + gg) * 16, i * seg + 512 * gg
             nv = min(16, nb - 16 * g)
-            src, o = row, 16 * g * nbytes
-            if nv < 16:
-                pad[:nv * nbytes] = row[o:o + nv * nbytes]
-                src, o = pad, 0
-            else:
+            if nv == 16:
                 for line in range(0, 16 * nbytes, 64):
-                    prefetch_block(row, o + line, 64)
-            if kind == 0:
-                q4_0_unpack16(src, o, w16, 32 * j, dsc, msc, j)
-            elif kind == 1:
-                q4_1_unpack16(src, o, w16, 32 * j, dsc, msc, j)
-            elif kind == 2:
-                q8_0_unpack16(src, o, w16, 32 * j, dsc, msc, j)
-            elif kind == 3:
-                q5_0_unpack16(src, o, w16, 32 * j, dsc, msc, j)
-            else:
-                q5_1_unpack16(src, o, w16, 32 * j, dsc, msc, j)
+                    prefetch_block(row, 16 * g * nbytes + line, 64)
+                _b32_unpack(kind, row, 16 * g * nbytes, w16, y, dsc, msc, j)
+                continue
+            pad[:nv * nbytes] = row[16 * g * nbytes:(16 * g + nv) * nbytes]
+            _b32_unpack(kind, pad, 0, tw, 0, td, tm, 0)
+            n = group32(g, nb)
+            for b in range(n):
+                for p in range(16):
+                    at = y + slot32(b, p, n)
+                    w16[at], w16[at + 1] = tw[32 * p + 2 * b], tw[32 * p + 2 * b + 1]
+            for lane in range(16):
+                dsc[j + lane], msc[j + lane] = td[lane % n], (tm[lane] if lane < n else 0)
+
+
+@njit(inline="always")
+def _b32_unpack(kind, src, o, w16, y, dsc, msc, j):
+    if kind == 0:
+        q4_0_unpack16(src, o, w16, y, dsc, msc, j)
+    elif kind == 1:
+        q4_1_unpack16(src, o, w16, y, dsc, msc, j)
+    elif kind == 2:
+        q8_0_unpack16(src, o, w16, y, dsc, msc, j)
+    elif kind == 3:
+        q5_0_unpack16(src, o, w16, y, dsc, msc, j)
+    else:
+        q5_1_unpack16(src, o, w16, y, dsc, msc, j)
 
 
 @njit
@@ -200,12 +217,13 @@ def unpack32_q5_1(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
 
 @njit(inline="always")
 def w32_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
-    """Portable simd_prefill.w32_4x2 for one (row, token): lane i sums block 16 g + i of group g exactly,
-    acc[i] += f32(lane i) * (xd * d), then (mins) acc[i] += m * sx, group by group; tree8(acc[i] + acc[i + 8])."""
+    """Portable simd_prefill.w32_4x2 for one (row, token): lane i of group g sums its block (16 g + i; in a
+    short last group, activations.slot32) exactly, acc[i] += f32(lane i) * (xd * d), then (mins)
+    acc[i] += m * sx, with the lane's scales, group by group; tree8(acc[i] + acc[i + 8])."""
     acc, lanes = np.zeros(16, np.float32), np.empty(16, np.int32)
-    for g in range(w16.size // 512):
+    for g in range(-(-w16.size // 512)):   # the last group may be shorter (activations.group32)
         lanes[:] = 0
-        for e in range(512 * g, 512 * g + 512):
+        for e in range(512 * g, min(w16.size, 512 * g + 512)):
             lanes[(e % 32) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
         for i in range(16):
             b = 16 * g + i

@@ -119,13 +119,13 @@ def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
 def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg, unit, dper, mper):
     """x16 (T, K) with T even, xd and px the tokens' scales -> out (T, N). K-quants (unit 256, dper 1, mper 8):
     xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd); blocks of 32 (unit 512: 16 blocks
-    interleaved, dper = mper = 16): xd and px (T, K/32), K padded (activations.interleave32).
+    interleaved, dper = mper = 16): xd and px (T, 16 per 512), K as activations.interleave32 lays it out.
     A thread takes block_rows rows at a time and goes along K by segments of seg units: it unpacks its rows'
     segment (block_rows x seg unit int16, sized to stay in L2 beside the tokens' segment; dper and mper
     scales per unit), then meets each four of them (the last row repeated to fill the last four; in L1)
     with the tokens two at a time. A (row, token) sums its segments' results in float64, in order."""
     n_t, k = x16.shape
-    nb, n = k // unit, rows.shape[0]
+    nb, n = -(-k // unit), rows.shape[0]   # the 32-block layout's last unit may be short
     xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
     for task in prange((n + block_rows - 1) // block_rows):
         r0 = task * block_rows
@@ -136,7 +136,7 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg, unit, dpe
         acc = np.zeros((nq, 4 * n_t), np.float64)   # acc[q, 8 j + 2 r + t]: row 4 q + r, token 2 j + t
         for b0 in range(0, nb, seg):
             sb = min(seg, nb - b0)
-            ks = unit * sb
+            ks = min(unit * sb, k - unit * b0)
             _call_unpack16(unpack, (rows, r0, nr, 4 * nq, b0, sb, w16, dsc, msc))
             _call_4x2(dot4x2, (w16[:4 * nq * ks], dsc[:4 * nq * sb * dper], msc[:4 * nq * sb * mper], xf, df, pf,
                                unit * b0, dper * b0, k, acc))
@@ -428,7 +428,7 @@ def _int_matmul(w: QuantizedTensor, acts, scheme: int) -> np.ndarray:
     unpack, dot4x2 = _prefill_kernels(w.ggml_type, INT_PATH)
     out = np.empty((q16.shape[0], w.shape[0]), np.float32)
     seg = max(1, SEG_BLOCKS * 256 // unit)
-    seg_bytes = 2 * unit * min(seg, q16.shape[1] // unit)
+    seg_bytes = 2 * unit * min(seg, -(-q16.shape[1] // unit))
     tile = max(8, TILE_BYTES // seg_bytes // 8 * 8)
     block_rows = max(16, TILE_BYTES // 2 // seg_bytes // 4 * 4)
     for t0 in range(0, q16.shape[0], tile):   # each tile's results go straight to its rows of out

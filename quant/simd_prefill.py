@@ -222,13 +222,14 @@ w16_4x2_512, w16_4x2_nomins_512 = _w16_4x2(True, True), _w16_4x2(True, False)
 def _w32_4x2(wide, mins):
     @intrinsic
     def w32_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-        """As w16_4x2 for rows of 32-blocks, laid out by activations.interleave32: each 512 weights hold 16
+        """As w16_4x2 for rows of 32-blocks, laid out by activations.slot32: each 512 weights hold 16
         blocks, int32 pair i of every 32 from block i, so lane i of a vpdpwssd (pmaddwd: two passes of 8)
         sums block i alone and 16 of them give 16 blocks' exact integer sums, which float32 then scales
         lane by lane: acc[i] += f32(lane i) * (xd * d) per group, and for Q4_1 (mins) acc[i] += m * sx,
-        m the block's offset, sx = xd times the sum of its q16. dsc, msc (4 Q K/32,): d and m by block;
-        xd, px (xs/32 per token from bo): the tokens' xd and sx by block. The result is tree8(acc[i] +
-        acc[i + 8])."""
+        m the block's offset, sx = xd times the sum of its q16. A last group of n < 16 blocks is 32 n long
+        (n chunks of 32, lane i holding part of block i mod n). dsc, msc (4 Q x 16 per group): d and m by
+        lane; xd, px (16 per group of xs per token, from bo): the tokens' xd and sx by lane. The result is
+        tree8(acc[i] + acc[i + 8])."""
         if not _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
             return None
 
@@ -236,7 +237,10 @@ def _w32_4x2(wide, mins):
             (w0, dsc0, msc0, x_, xd_, px_, out0), (xo0, bo0, xs_), (n_quads, n_cols), n_w = _w4x2_args(context, builder, sig, args)
             c = lambda v: ir.Constant(I64, v)  # noqa: E731
             k = builder.udiv(n_w, builder.mul(n_quads, c(4)))
-            ng, nbk, xsb = builder.udiv(k, c(512)), builder.udiv(k, c(32)), builder.udiv(xs_, c(32))
+            groups = lambda v: builder.udiv(builder.add(v, c(511)), c(512))  # noqa: E731
+            # whole groups, then a last one of 32 n weights (n < 16: tail chunks); 16 scales per group
+            ng, tail = builder.udiv(k, c(512)), builder.udiv(builder.urem(k, c(512)), c(32))
+            nbk, xsb = builder.mul(groups(k), c(16)), builder.mul(groups(xs_), c(16))
             op = _Ops(context, builder)
             lanes = 16 if wide else 8
             vf, vi, vw = ir.VectorType(ir.FloatType(), lanes), ir.VectorType(I32, lanes), ir.VectorType(I16, 2 * lanes)
@@ -260,15 +264,26 @@ def _w32_4x2(wide, mins):
                 for rows, h in passes:
                     keys = [(wi, xi) for wi in rows for xi in range(2)]
 
+                    zeros = [ir.Constant(vi, [0] * lanes)] * len(keys)
+
+                    def chunk(e, ints):   # 32 weights (AVX2: 16 of them) of each row with each token
+                        ws = {wi: _load_at(builder, state["w"], builder.add(builder.mul(k, c(wi)), e), vw) for wi in rows}
+                        xv = [_load_at(builder, x_, builder.add(t, e), vw) for t in toks]
+                        return [op.dpwssd(ints[p], ws[wi], xv[xi]) if wide else builder.add(ints[p], op.madd(ws[wi], xv[xi]))
+                                for p, (wi, xi) in enumerate(keys)]
+
                     def step(g, accs):
                         y = builder.add(builder.mul(g, c(512)), c(16 * h))
-                        ints = [ir.Constant(vi, [0] * lanes)] * len(keys)
+                        ints = zeros
                         for jj in range(16):
-                            e = builder.add(y, c(32 * jj))
-                            ws = {wi: _load_at(builder, state["w"], builder.add(builder.mul(k, c(wi)), e), vw) for wi in rows}
-                            xv = [_load_at(builder, x_, builder.add(t, e), vw) for t in toks]
-                            ints = [op.dpwssd(ints[p], ws[wi], xv[xi]) if wide else builder.add(ints[p], op.madd(ws[wi], xv[xi]))
-                                    for p, (wi, xi) in enumerate(keys)]
+                            ints = chunk(builder.add(y, c(32 * jj)), ints)
+                        return scale(g, ints, accs)
+
+                    def tail_step(_, accs):   # the last group's tail chunks, in a loop
+                        y = builder.add(builder.mul(ng, c(512)), c(16 * h))
+                        return scale(ng, _loop(builder, tail, zeros, lambda jj, ints: chunk(builder.add(y, builder.mul(jj, c(32))), ints)), accs)
+
+                    def scale(g, ints, accs):
                         b = builder.add(builder.mul(g, c(16)), c(8 * h))
                         at_row = lambda wi: builder.add(builder.mul(nbk, c(wi)), b)  # noqa: E731
                         ds = {wi: _load_at(builder, state["d"], at_row(wi), vf) for wi in rows}
@@ -282,7 +297,9 @@ def _w32_4x2(wide, mins):
                             new.append(acc)
                         return new
 
-                    for key, acc in zip(keys, _loop(builder, ng, [ir.Constant(vf, [0.0] * lanes)] * len(keys), step)):
+                    accs = _loop(builder, ng, [ir.Constant(vf, [0.0] * lanes)] * len(keys), step)
+                    has_tail = builder.zext(builder.icmp_unsigned("!=", tail, c(0)), I64)
+                    for key, acc in zip(keys, _loop(builder, has_tail, accs, tail_step)):
                         finals.setdefault(key, []).append(acc)
 
                 sums = [_fold16(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]

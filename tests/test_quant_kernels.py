@@ -154,11 +154,12 @@ def test_integer_path_of_32_blocks(ggml_type, k, monkeypatch):
         np.testing.assert_array_equal(got, results["portable"], err_msg=path)
 
 
-@pytest.mark.parametrize("k", [576, K])
+@pytest.mark.parametrize("k", [544, 576, 896, K])
 @pytest.mark.parametrize("ggml_type", list(_UNPACK32), ids=lambda t: t.name)
 def test_prefill_of_32_blocks(ggml_type, k, monkeypatch):
-    """Prefill of Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 (kernels._int_matmul, layout 512: sixteen blocks interleaved; K = 576 ends in a
-    partial group, 768 too): close to float64, the same bits on every path."""
+    """Prefill of Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 (kernels._int_matmul, layout 512: sixteen blocks interleaved; a last group
+    of 1 block at K = 544, 2 at 576, 8 at 768 (K), 12 padded to 16 at 896): close to float64, the same bits on
+    every path."""
     import quant.kernels as qk
     from quant.simd import HAS_AVX2, HAS_AVX512
     monkeypatch.setattr(qk, "TILE_BYTES", 1 << 14)   # several token tiles and row blocks
@@ -192,24 +193,38 @@ def test_cpus_without_avx2_take_the_float_kernels(ggml_type, monkeypatch):
     assert not np.array_equal(integer, want[0])   # with INTEGER, the integer path
 
 
-def test_prefill32_quantization_matches_reference():
+@pytest.mark.parametrize("k, kp", [(576, 576), (608, 640), (512 + 7 * 32, 768), (512 + 12 * 32, 1024), (1024, 1024), (32, 32), (96, 128)])
+def test_prefill32_quantization_matches_reference(k, kp):
     """activations.quantize_prefill32: per token the d of quantize32_reference, its q16 interleaved sixteen
-    blocks at a time (pair j of block i at pair 16 j + i of each 512), zero padding, sx = d * the block's sum."""
+    blocks at a time (pair j of block i at pair 16 j + i of each 512); a last group of r < 16 blocks padded to
+    n, the power of two r rounds up to, 32 n long, pair j of block i at pair 16 (j // (16/n)) + i + n (j % (16/n)),
+    so each lane holds one block; d and sx per lane (a block's d on every lane it takes, its sx on one), the
+    padding zero."""
     from quant.activations import interleave32, quantize32_reference, quantize_prefill32
-    x = (np.random.default_rng(25).standard_normal((3, 576)) * 10).astype(np.float32)
-    x[1, 64:96] = 0   # an all-zero block: d = 0
+    x = (np.random.default_rng(25).standard_normal((3, k)) * 10).astype(np.float32)
+    x[1, :32] = 0   # an all-zero block: d = 0
     d, q16, sx = quantize_prefill32(x)
-    kp = interleave32(576)
-    assert kp == 1024 and d.shape == sx.shape == (3, kp // 32) and q16.shape == (3, kp) and q16.ctypes.data % 64 == 0
+    nb, ng = k // 32, -(-k // 512)
+    assert interleave32(k) == kp and d.shape == sx.shape == (3, 16 * ng) and q16.shape == (3, kp) and q16.ctypes.data % 64 == 0
     for t in range(3):
         rd, rq, rs = quantize32_reference(x[t])
-        np.testing.assert_array_equal(d[t, :18], rd)
-        assert not d[t, 18:].any() and not sx[t, 18:].any()
-        np.testing.assert_array_equal(sx[t, :18], rs.astype(np.float32) * rd)
-        blocks = np.zeros((kp // 32, 32), np.int16)
-        blocks[:18] = rq.reshape(18, 32)
-        pairs = blocks.reshape(-1, 16, 16, 2)   # (group, block i, pair j, 2)
-        np.testing.assert_array_equal(q16[t].reshape(-1, 16, 16, 2), pairs.transpose(0, 2, 1, 3))
+        rq = rq.reshape(nb, 16, 2)   # (block, pair, 2)
+        for g in range(ng):
+            r = min(16, nb - 16 * g)
+            n = 1 << (r - 1).bit_length()
+            blocks = np.arange(16 * g, 16 * g + 16)
+            lane_block = blocks[np.arange(16) % n]
+            real = lane_block < nb
+            want_d = np.where(real, rd[np.minimum(lane_block, nb - 1)], 0)
+            want_sx = np.where(real & (np.arange(16) < n), rs[np.minimum(lane_block, nb - 1)] * want_d, 0)
+            np.testing.assert_array_equal(d[t, 16 * g:16 * g + 16], want_d)
+            np.testing.assert_array_equal(sx[t, 16 * g:16 * g + 16], want_sx.astype(np.float32))
+            group = q16[t, 512 * g:512 * g + 32 * n].reshape(n, 16, 2)   # (pair row, lane, 2)
+            m = 16 // n
+            for i in range(n):
+                for j in range(16):
+                    want = rq[16 * g + i, j] if 16 * g + i < nb else (0, 0)
+                    np.testing.assert_array_equal(group[j // m, i + n * (j % m)], want)
 
 
 @pytest.mark.parametrize("path", ["avx2", "avx512"])
