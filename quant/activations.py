@@ -114,10 +114,10 @@ def quantize_activations(x: np.ndarray):
     return d, q16, qp, hi, lo, bsums
 
 
-# --- prefill: q16 and d as quantize gives them, and px = d * (sum of the 32 q16) per 32, tokens in parallel ---
+# --- prefill: q16 and d as quantize gives them, and pxt = d * (sum of the 32 q16) per 32, tokens in parallel ---
 
 @njit_parallel
-def _quantize_prefill(x, d, q16, px):
+def _quantize_prefill(x, d, q16, pxt):
     for t in prange(x.shape[0]):
         bits = x[t].view(np.uint32)
         for b in range(x.shape[1] // BLOCK):
@@ -128,16 +128,21 @@ def _quantize_prefill(x, d, q16, px):
                     q = _round(x[t, i], inv)
                     q16[t, i] = q
                     s += q
-                px[t, j] = np.float32(s) * d[t, b]
+                pxt[j, t] = np.float32(s) * d[t, b]
+
+
+TOKENS_PAD = 32   # pxt's tokens, padded with zeros: the mins kernel takes two vectors of 16 at a time
 
 
 def quantize_prefill(x: np.ndarray):
     """x (T, K) float32 contiguous, K % 256 == 0 -> d (T, K/256) f32 and q16 (T, K) int16 (cache-line aligned)
-    as quantize_activations gives them, px (T, K/32) f32: the sums of q16 over each 32 times d."""
+    as quantize_activations gives them, pxt (K/32, T rounded up to TOKENS_PAD) f32: the sums of q16 over each 32
+    times d, tokens along (the mins kernel's layout), zero past T."""
     t, k = x.shape
-    d, q16, px = np.empty((t, k // BLOCK), np.float32), aligned_int16(t * k).reshape(t, k), np.empty((t, k // 32), np.float32)
-    _quantize_prefill(x, d, q16, px)
-    return d, q16, px
+    d, q16 = np.empty((t, k // BLOCK), np.float32), aligned_int16(t * k).reshape(t, k)
+    pxt = np.zeros((k // 32, -(-t // TOKENS_PAD) * TOKENS_PAD), np.float32)
+    _quantize_prefill(x, d, q16, pxt)
+    return d, q16, pxt
 
 
 # --- per 32 (the row types with blocks of 32: Q4_0, Q4_1, Q8_0 when K is not a multiple of 256) ---

@@ -3,9 +3,10 @@ simd_prefill.py's four-by-two kernels, and the njit functions whose addresses th
 
 K-quants (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type> turns a row into int16 weights times their sub-block
 scales once, then w16_4x2[_avx2|_avx512] (simd_prefill.w16_4x2[_512]) takes the dot products of four such
-rows with two tokens' q16 at a time (pmaddwd), the lanes-then-float32 scheme of intdot.py, Q4_K's and
-Q5_K's mins in the same pass (the _nomins kernels leave them out, for Q6_K). Its rounding differs from
-decode's by ~1e-7.
+rows with two tokens' q16 at a time (pmaddwd), the lanes-then-float32 scheme of intdot.py; Q4_K's and
+Q5_K's mins in a kernel of their own (mins_*: simd_prefill.mins_rows, fused multiply-adds in 8 or 16 lanes,
+tokens along, where inside the four-by-two kernel they took 8 lanes of row-by-token products and ~12% of the
+time). Its rounding differs from decode's by ~1e-7.
 The types with blocks of 32 (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1): unpack32_<type> and w32_4x2[...], sixteen blocks
 interleaved, one int32 lane per block (simd_prefill.w32_4x2), against x quantized per 32
 (activations.quantize_prefill32).
@@ -16,9 +17,8 @@ from .activations import group32, slot32
 from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES
 from .jit import njit
 from .simd import prefetch_block
-from .simd_prefill import (B32_BYTES, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
-                           q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2, w16_4x2_512, w16_4x2_nomins,
-                           w16_4x2_nomins_512, w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
+from .simd_prefill import (B32_BYTES, fma32, mins_rows8, mins_rows16, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
+                           q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2, w16_4x2_512, w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
 
 
 # --- K-quants: each row unpacked once to int16, then one dot product per token ---
@@ -64,10 +64,10 @@ def unpack_q6_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
 
 
 @njit(inline="always")
-def w16_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
+def w16_acc_loop(w16, dsc, x16, xd, xo, bo):
     """Portable simd_prefill.w16_4x2 for one (row, token): the same int32 lanes (lane i: elements 2i, 2i + 1 of
     each 32) and float32 operations in the same order."""
-    acc, accm = np.zeros(16, np.float32), np.zeros(8, np.float32)
+    acc = np.zeros(16, np.float32)
     lanes = np.empty(16, np.int32)
     for b in range(w16.size // BLOCK):
         lanes[:] = 0
@@ -76,10 +76,7 @@ def w16_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
         s = xd[bo + b] * dsc[b]
         for i in range(16):
             acc[i] += np.float32(lanes[i]) * s
-        if mins:
-            for i in range(8):
-                accm[i] += msc[8 * b + i] * px[8 * (bo + b) + i]
-    return np.float64(_tree8(acc[:8] + acc[8:]) - _tree8(accm))
+    return np.float64(_tree8(acc[:8] + acc[8:]))
 
 
 @njit(inline="always")
@@ -105,18 +102,13 @@ def w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins, per):
                 ws, ds, ms = w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[mper * r * nb:mper * (r + 1) * nb]
                 x0, b0 = xo + t * xs, bo + t * xsb
                 if per == BLOCK:
-                    out[q, 8 * j + p] += w16_acc_loop(ws, ds, ms, x16, xd, px, x0, b0, mins)
+                    out[q, 8 * j + p] += w16_acc_loop(ws, ds, x16, xd, x0, b0)
                 else:
                     out[q, 8 * j + p] += w32_acc_loop(ws, ds, ms, x16, xd, px, x0, b0, mins)
 
 
 @njit
 def w16_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True, BLOCK)
-
-
-@njit
-def w16_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):   # Q6_K: no mins
     w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False, BLOCK)
 
 
@@ -126,18 +118,8 @@ def w16_4x2_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
 
 
 @njit
-def w16_4x2_nomins_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w16_4x2_nomins(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
-
-
-@njit
 def w16_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
     w16_4x2_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
-
-
-@njit
-def w16_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w16_4x2_nomins_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
 
 
 # --- prefill of the types with blocks of 32: sixteen blocks interleaved (simd_prefill.w32_4x2) ---
@@ -261,3 +243,28 @@ def w32_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
 @njit
 def w32_4x2_nomins_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
     w32_4x2_nomins_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+# --- the K-quants' mins, apart (simd_prefill.mins_rows): accm[r, t] += the segment's sum of dmin * min * sx ---
+
+@njit
+def mins_portable(msc, pxt, s0, ldp, accm):
+    """Portable simd_prefill.mins_rows: the same fused multiply-adds in the same order."""
+    n_rows, n_tok = accm.shape
+    n_s = msc.size // n_rows
+    for r in range(n_rows):
+        for t in range(n_tok):
+            a = np.float32(0)
+            for s in range(n_s):
+                a = fma32(msc[r * n_s + s], pxt[(s0 + s) * ldp + t], a)
+            accm[r, t] += np.float64(a)
+
+
+@njit
+def mins_avx2(msc, pxt, s0, ldp, accm):
+    mins_rows8(msc, pxt, s0, ldp, accm)
+
+
+@njit
+def mins_avx512(msc, pxt, s0, ldp, accm):
+    mins_rows16(msc, pxt, s0, ldp, accm)

@@ -66,6 +66,8 @@ W4X2_SIG = types.void(types.Array(types.int16, 1, "C"), OUT, OUT, types.Array(ty
                       types.int64, types.int64, types.int64, types.Array(types.float64, 2, "C"))
 
 
+# the K-quants' mins in prefill (intdot_prefill.mins_*): msc, the tokens' sums (tokens along), first sub-block, row stride, accm
+MINS_SIG = types.void(OUT, VEC, types.int64, types.int64, types.Array(types.float64, 2, "C"))
 KERNEL = types.intp  # a row kernel's address (kernel_address), as the drivers take it
 
 

@@ -15,9 +15,9 @@ from numba import get_num_threads, prange, types
 from gguf import GGMLQuantizationType as T
 
 from . import intdot, intdot_prefill
-from .activations import aligned_int16, quantize_activations, quantize_activations32, quantize_prefill, quantize_prefill32
+from .activations import TOKENS_PAD, aligned_int16, quantize_activations, quantize_activations32, quantize_prefill, quantize_prefill32
 from .formats import FORMATS
-from .jit import (DEQUANT_SIG, DOT16_SIG, DOT16T_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
+from .jit import (DEQUANT_SIG, DOT16_SIG, DOT16T_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, MINS_SIG, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
                   blas_threads, kernel_address, njit, njit_parallel, pointer_call)
 from .simd import HAS_AVX2, HAS_AVX512
 from .tensor import QuantizedTensor
@@ -27,7 +27,7 @@ TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 
 
 _call_dot, _call_dequant = pointer_call(DOT_SIG), pointer_call(DEQUANT_SIG)
 _call_dot16, _call_unpack16, _call_4x2 = pointer_call(DOT16_SIG), pointer_call(UNPACK16_SIG), pointer_call(W4X2_SIG)
-_call_dot32, _call_dots16 = pointer_call(DOT32_SIG), pointer_call(DOT16T_SIG)
+_call_dot32, _call_dots16, _call_mins = pointer_call(DOT32_SIG), pointer_call(DOT16T_SIG), pointer_call(MINS_SIG)
 
 
 @njit_parallel(types.void(KERNEL, ROWS, VEC, OUT))
@@ -113,20 +113,24 @@ def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
             o2[i - n0 - n1] = _call_dot32(k2, (r2[i - n0 - n1], xd, q16, s32))
 
 
-@njit_parallel(types.void(KERNEL, KERNEL, ROWS,
+@njit_parallel(types.void(KERNEL, KERNEL, KERNEL, ROWS,
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
-                         OUT2, *(types.int64,) * 5))
-def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg, unit, dper, mper):
+                         OUT2, *(types.int64,) * 6))
+def _w16_rows(unpack, dot4x2, mins, rows, x16, xd, px, out, block_rows, seg, unit, dper, mper, ldp):
     """x16 (T, K) with T even, xd and px the tokens' scales -> out (T, N). K-quants (unit 256, dper 1, mper 8):
     xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd); blocks of 32 (unit 512: 16 blocks
     interleaved, dper = mper = 16): xd and px (T, 16 per 512), K as activations.interleave32 lays it out.
     A thread takes block_rows rows at a time and goes along K by segments of seg units: it unpacks its rows'
     segment (block_rows x seg unit int16, sized to stay in L2 beside the tokens' segment; dper and mper
     scales per unit), then meets each four of them (the last row repeated to fill the last four; in L1)
-    with the tokens two at a time. A (row, token) sums its segments' results in float64, in order."""
+    with the tokens two at a time. A (row, token) sums its segments' results in float64, in order.
+    mins (Q4_K, Q5_K; else 0): px is then the tokens' sums by sub-block, tokens along (row stride ldp, from the
+    tile's first token), and the mins kernel takes them with msc after each segment, into accm; the result is
+    acc - accm."""
     n_t, k = x16.shape
     nb, n = -(-k // unit), rows.shape[0]   # the 32-block layout's last unit may be short
     xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
+    n_m = -(-n_t // TOKENS_PAD) * TOKENS_PAD if mins else 0
     for task in prange((n + block_rows - 1) // block_rows):
         r0 = task * block_rows
         nr = min(block_rows, n - r0)
@@ -134,15 +138,19 @@ def _w16_rows(unpack, dot4x2, rows, x16, xd, px, out, block_rows, seg, unit, dpe
         w16 = aligned_int16(4 * nq * seg * unit)
         dsc, msc = np.empty(4 * nq * seg * dper, np.float32), np.empty(4 * nq * seg * mper, np.float32)
         acc = np.zeros((nq, 4 * n_t), np.float64)   # acc[q, 8 j + 2 r + t]: row 4 q + r, token 2 j + t
+        accm = np.zeros((4 * nq, n_m), np.float64)   # accm[r, t]: the mins of row r and token t
         for b0 in range(0, nb, seg):
             sb = min(seg, nb - b0)
             ks = min(unit * sb, k - unit * b0)
             _call_unpack16(unpack, (rows, r0, nr, 4 * nq, b0, sb, w16, dsc, msc))
             _call_4x2(dot4x2, (w16[:4 * nq * ks], dsc[:4 * nq * sb * dper], msc[:4 * nq * sb * mper], xf, df, pf,
                                unit * b0, dper * b0, k, acc))
+            if mins:
+                _call_mins(mins, (msc[:4 * nq * sb * mper], pf, mper * b0, ldp, accm))
         for t in range(n_t):   # along out's rows: by columns, each write would take a cache line of its own
             for i in range(nr):
-                out[t, r0 + i] = acc[i // 4, 8 * (t // 2) + 2 * (i % 4) + t % 2]
+                a = acc[i // 4, 8 * (t // 2) + 2 * (i % 4) + t % 2]
+                out[t, r0 + i] = a - accm[i, t] if mins else a
 
 
 # Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
@@ -167,11 +175,10 @@ _DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_a
              T.Q4_1: {"portable": intdot.dot32_q4_1, "avx2": intdot.dot32_q4_1_avx2, "avx512": intdot.dot32_q4_1_avx512},
              T.Q8_0: {"portable": intdot.dot32_q8_0, "avx2": intdot.dot32_q8_0_avx2, "avx512": intdot.dot32_q8_0_avx512}}
 # Prefill's unpack and four-by-two kernel per path, K-quants (the types in neither this nor _UNPACK32
-# dequantize for BLAS)
+# dequantize for BLAS); Q4_K's and Q5_K's mins in a kernel of their own
 _UNPACK = {T.Q4_K: intdot_prefill.unpack_q4_k, T.Q5_K: intdot_prefill.unpack_q5_k, T.Q6_K: intdot_prefill.unpack_q6_k}
 _W4X2 = {"portable": intdot_prefill.w16_4x2_portable, "avx2": intdot_prefill.w16_4x2_avx2, "avx512": intdot_prefill.w16_4x2_avx512}
-_W4X2_NOMINS = {"portable": intdot_prefill.w16_4x2_nomins_portable, "avx2": intdot_prefill.w16_4x2_nomins_avx2,   # Q6_K
-                "avx512": intdot_prefill.w16_4x2_nomins_avx512}
+_MINS = {"portable": intdot_prefill.mins_portable, "avx2": intdot_prefill.mins_avx2, "avx512": intdot_prefill.mins_avx512}
 
 
 # ... of the 32-block types (any K, a multiple of 32): sixteen blocks interleaved (intdot_prefill.unpack32_*, w32_4x2;
@@ -225,13 +232,14 @@ _SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, _dot16_tokens, quantiz
 
 @cache
 def _prefill_kernels(ggml_type: int, path: str):
-    """(unpack, four-by-two kernel) addresses: the mins kernels for the types with offsets (Q4_K, Q5_K,
-    Q4_1, Q5_1)."""
+    """(unpack, four-by-two kernel, mins kernel or 0) addresses: Q4_K and Q5_K take the mins kernel after the
+    four-by-two one; Q4_1 and Q5_1 the four-by-two kernel with their offsets in it."""
     if ggml_type in _UNPACK:
-        unpack, dot4x2 = _UNPACK[ggml_type], (_W4X2_NOMINS if ggml_type == T.Q6_K else _W4X2)[path]
+        unpack, dot4x2, mins = _UNPACK[ggml_type], _W4X2[path], (None if ggml_type == T.Q6_K else _MINS[path])
     else:
-        unpack, dot4x2 = _UNPACK32[ggml_type], (_W32 if ggml_type in (T.Q4_1, T.Q5_1) else _W32_NOMINS)[path]
-    return kernel_address(unpack, UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG)
+        unpack, dot4x2, mins = _UNPACK32[ggml_type], (_W32 if ggml_type in (T.Q4_1, T.Q5_1) else _W32_NOMINS)[path], None
+    return (kernel_address(unpack, UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG),
+            0 if mins is None else kernel_address(mins, MINS_SIG))
 
 
 def _prefill_scheme(w: QuantizedTensor, exact: bool) -> int | None:
@@ -425,15 +433,18 @@ def _int_matmul(w: QuantizedTensor, acts, scheme: int) -> np.ndarray:
     weights in either layout."""
     n_t, (xd, q16, px) = acts
     _, unit, dper, mper = _PREFILL[scheme]
-    unpack, dot4x2 = _prefill_kernels(w.ggml_type, INT_PATH)
+    unpack, dot4x2, mins = _prefill_kernels(w.ggml_type, INT_PATH)
     out = np.empty((q16.shape[0], w.shape[0]), np.float32)
     seg = max(1, SEG_BLOCKS * 256 // unit)
     seg_bytes = 2 * unit * min(seg, -(-q16.shape[1] // unit))
-    tile = max(8, TILE_BYTES // seg_bytes // 8 * 8)
+    tile = max(TOKENS_PAD, TILE_BYTES // seg_bytes // TOKENS_PAD * TOKENS_PAD)
     block_rows = max(16, TILE_BYTES // 2 // seg_bytes // 4 * 4)
     for t0 in range(0, q16.shape[0], tile):   # each tile's results go straight to its rows of out
         t1 = min(q16.shape[0], t0 + tile)
-        _w16_rows(unpack, dot4x2, w.data, q16[t0:t1], xd[t0:t1], px[t0:t1], out[t0:t1], block_rows, seg, unit, dper, mper)
+        # K-quants: px (K/32, T padded) tokens along, the tile's from column t0 on; 32-block types: by token
+        tile_px = px.reshape(-1)[t0:].reshape(1, -1) if scheme == 256 else px[t0:t1]
+        _w16_rows(unpack, dot4x2, mins, w.data, q16[t0:t1], xd[t0:t1], tile_px, out[t0:t1], block_rows, seg, unit, dper, mper,
+                  px.shape[1])
     return out[:n_t]
 
 

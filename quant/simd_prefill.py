@@ -7,7 +7,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import (F32ARR, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fold16, _half_pair, _i64, _k_scales_mins, _load_at,
+from .simd import (F32ARR, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fn, _fold16, _half_pair, _i64, _k_scales_mins, _load_at,
                    _loop, _ok, _Ops, _q6_k_quants, _splat)
 
 
@@ -103,12 +103,12 @@ def _w4x2_args(context, builder, sig, args):
             arrs[0].nitems)
 
 
-def _w16_4x2(wide, mins):
+def _w16_4x2(wide):
     @intrinsic
     def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
         """Prefill, register-blocked: four rows by two tokens at a time, for out.shape[0] fours of rows and
         out.shape[1] / 8 pairs of tokens. w16 (4 Q K,) holds the rows unpacked (row r at r K), dsc (4 Q K/256,)
-        their block scales, msc (32 Q K/256,) Q4_K's mins; token t's activations are x16[xo + t xs:][:K],
+        their block scales (msc and px unused: Q4_K's and Q5_K's mins are mins_rows'); token t's activations are x16[xo + t xs:][:K],
         xd[bo + t xs/256:][:K/256] (xs: the tokens' stride, a multiple of 256). out (Q, 8 J) f64:
         out[q, 8 j + 2 r + t'] += the dot of row 4 q + r and token 2 j + t' (the caller sums K by segments).
         Per block and pair, int32 lane i (i < 16) sums w16 q16 over elements 2i, 2i + 1 of each 32 (exact: 16
@@ -116,13 +116,12 @@ def _w16_4x2(wide, mins):
         result is tree8(acc[i] + acc[i + 8]) (_sum8x8). AVX-512 VNNI holds the 16 lanes in one register (one
         vpdpwssd per 32 weights, four rows at once, 2 x16 loads per 8 vpdpwssd); AVX2 holds them in two (lanes
         0..7 from elements 0..15 of each 32, lanes 8..15 from 16..31) and takes the rows two at a time (8 int32
-        and 8 float32 accumulators in 16 vector registers). mins (Q4_K): accm += msc[8 b:8 b + 8] * px[8 b:8 b + 8] per block, row r's msc
-        at 8 r K/256, token t's px at 8 (bo + t xs/256); the result is less tree8(accm), in float32."""
+        and 8 float32 accumulators in 16 vector registers)."""
         if not _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
             return None
 
         def codegen(context, builder, sig, args):
-            (w0, dsc0, msc0, x_, xd_, px_, out0), (xo0, bo0, xs_), (n_quads, n_cols), n_w = _w4x2_args(context, builder, sig, args)
+            (w0, dsc0, _, x_, xd_, _, out0), (xo0, bo0, xs_), (n_quads, n_cols), n_w = _w4x2_args(context, builder, sig, args)
             k = builder.udiv(n_w, builder.mul(n_quads, ir.Constant(I64, 4)))
             nb, xsb = builder.udiv(k, ir.Constant(I64, 256)), builder.udiv(xs_, ir.Constant(I64, 256))
             op = _Ops(context, builder)
@@ -133,13 +132,13 @@ def _w16_4x2(wide, mins):
             groups, halves = ([(0, 1, 2, 3)], (0,)) if wide else ([(0, 1), (2, 3)], (0, 1))
 
             def quad(q, _):   # rows 4 q .. 4 q + 3: their w16, dsc, msc and out row
-                nonlocal w_, dsc_, msc_, out_
+                nonlocal w_, dsc_, out_
                 w_, dsc_ = builder.gep(w0, [builder.mul(q, builder.mul(k, ir.Constant(I64, 4)))]), builder.gep(dsc0, [builder.mul(q, builder.mul(nb, ir.Constant(I64, 4)))])
-                msc_, out_ = builder.gep(msc0, [builder.mul(q, builder.mul(nb, ir.Constant(I64, 32)))]), builder.gep(out0, [builder.mul(q, n_cols)])
+                out_ = builder.gep(out0, [builder.mul(q, n_cols)])
                 _loop(builder, builder.udiv(n_cols, ir.Constant(I64, 8)), [], token_pair)
                 return []
 
-            w_ = dsc_ = msc_ = out_ = None
+            w_ = dsc_ = out_ = None
 
             def token_pair(j, _):
                 xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
@@ -169,18 +168,9 @@ def _w16_4x2(wide, mins):
                     for (wi, xi, h), acc in zip(pairs, _loop(builder, nb, [zero_f] * len(pairs), step)):
                         finals.setdefault((wi, xi), []).append(acc)
 
-                def step_mins(b, accms):   # a loop of its own: in the one above, 8 more accumulators spilled
-                    eight = lambda v: builder.mul(v, ir.Constant(I64, 8))  # noqa: E731
-                    ms = [_load_at(builder, msc_, eight(builder.add(b, builder.mul(nb, ir.Constant(I64, wi)))), V8F) for wi in range(4)]
-                    ps = [_load_at(builder, px_, eight(builder.add(builder.add(bo_, b), st)), V8F) for st in (ir.Constant(I64, 0), xsb)]
-                    return [builder.fadd(accms[2 * wi + xi], builder.fmul(ms[wi], ps[xi])) for wi in range(4) for xi in range(2)]
-
                 # acc[i] + acc[i + 8]: AVX-512 folds its 16 lanes, AVX2 adds its two passes
                 sums = [_fold16(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]
-                total = _sum8x8(builder, sums)
-                if mins:
-                    total = builder.fsub(total, _sum8x8(builder, _loop(builder, nb, [ir.Constant(V8F, [0.0] * 8)] * 8, step_mins)))
-                _add_sums(builder, out_, j, total)
+                _add_sums(builder, out_, j, _sum8x8(builder, sums))
                 return []
 
             _loop(builder, n_quads, [], quad)
@@ -212,9 +202,8 @@ def _add_sums(builder, out_, j, total):   # out_[8 j + p] += float64(total[lane]
         builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(I32, lane))), ptr)
 
 
-w16_4x2, w16_4x2_nomins = _w16_4x2(False, True), _w16_4x2(False, False)
-# the same lanes, 32 weights per vpdpwssd (AVX-512 VNNI)
-w16_4x2_512, w16_4x2_nomins_512 = _w16_4x2(True, True), _w16_4x2(True, False)
+w16_4x2 = _w16_4x2(False)
+w16_4x2_512 = _w16_4x2(True)   # the same lanes, 32 weights per vpdpwssd (AVX-512 VNNI)
 
 
 # --- prefill of the types with blocks of 32 (Q4_0, Q4_1, Q8_0): blocks interleaved sixteen at a time ---
@@ -386,3 +375,79 @@ def _b32_unpack16(kind):
 
 
 q4_0_unpack16, q4_1_unpack16, q8_0_unpack16, q5_0_unpack16, q5_1_unpack16 = (_b32_unpack16(kind) for kind in range(5))
+
+
+# --- prefill: the K-quants' mins, apart from the integer products ---
+
+def _fma_fn(builder, n):   # llvm.fma on float32 (n lanes; 0: a scalar): one rounding, on any CPU (libm without FMA)
+    ty = ir.FloatType() if n == 0 else ir.VectorType(ir.FloatType(), n)
+    name = "llvm.fma.f32" if n == 0 else f"llvm.fma.v{n}f32"
+    return _fn(builder, name, ty, [ty] * 3)
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """a * b + c in float32 with one rounding (the portable twins' fused multiply-add)."""
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.call(_fma_fn(builder, 0), list(args))
+
+    return types.float32(a, b, c), codegen
+
+
+def _mins_rows(lanes):
+    @intrinsic
+    def mins_rows(typingctx, msc, pxt, s0, ldp, accm):
+        """Q4_K / Q5_K mins of a segment: accm[r, t] += float64(sum over its S sub-blocks s, in order, of
+        fma(msc[r S + s], pxt[(s0 + s) ldp + t], .)) in float32, for the R rows of accm (R % 4 == 0) and its
+        NT tokens (NT % (2 lanes) == 0); S = msc.size / R. msc: dmin * min by sub-block (the unpack's), pxt: the
+        tokens' xd * (sum of q16) by sub-block, tokens along (activations.quantize_prefill). Four rows by two
+        vectors of tokens: 8 fused multiply-adds per 2 loads and 4 broadcasts."""
+        if not (msc in F32ARR and pxt in F32ARR and isinstance(s0, types.Integer) and isinstance(ldp, types.Integer)
+                and accm == types.Array(types.float64, 2, "C")):
+            return None
+
+        def codegen(context, builder, sig, args):
+            c = lambda v: ir.Constant(I64, v)  # noqa: E731
+            m_arr, p_arr, a_arr = (context.make_array(sig.args[k])(context, builder, args[k]) for k in (0, 1, 4))
+            mp, pp, ap = m_arr.data, p_arr.data, a_arr.data
+            s0_, ldp_ = _i64(builder, args[2]), _i64(builder, args[3])
+            n_rows, n_tok = cgutils.unpack_tuple(builder, a_arr.shape)
+            n_s = builder.udiv(m_arr.nitems, n_rows)
+            vf, vd = ir.VectorType(ir.FloatType(), lanes), ir.VectorType(ir.DoubleType(), lanes)
+            fma = _fma_fn(builder, lanes)
+            zero = ir.Constant(vf, [0.0] * lanes)
+
+            def quad(q, _):
+                r0 = builder.mul(q, c(4))
+
+                def tokens(j, _):
+                    t0 = builder.mul(j, c(2 * lanes))
+
+                    def step(s, accs):
+                        at = builder.add(builder.mul(builder.add(s0_, s), ldp_), t0)
+                        ps = [_load_at(builder, pp, builder.add(at, c(lanes * v)), vf) for v in range(2)]
+                        ms = [_splat(builder, _load_at(builder, mp, builder.add(builder.mul(builder.add(r0, c(r)), n_s), s), ir.FloatType()), lanes)
+                              for r in range(4)]
+                        return [builder.call(fma, [ms[r], ps[v], accs[2 * r + v]]) for r in range(4) for v in range(2)]
+
+                    for k, acc in enumerate(_loop(builder, n_s, [zero] * 8, step)):
+                        r, v = divmod(k, 2)
+                        ptr = builder.bitcast(builder.gep(ap, [builder.add(builder.mul(builder.add(r0, c(r)), n_tok), builder.add(t0, c(lanes * v)))]),
+                                              vd.as_pointer())
+                        builder.store(builder.fadd(builder.load(ptr, align=8), builder.fpext(acc, vd)), ptr, align=8)
+                    return []
+
+                _loop(builder, builder.udiv(n_tok, c(2 * lanes)), [], tokens)
+                return []
+
+            _loop(builder, builder.udiv(n_rows, c(4)), [], quad)
+            return context.get_dummy_value()
+
+        return types.none(msc, pxt, s0, ldp, accm), codegen
+    return mins_rows
+
+
+mins_rows8, mins_rows16 = _mins_rows(8), _mins_rows(16)   # AVX2, AVX-512

@@ -267,17 +267,18 @@ def test_small_chunks_go_token_by_token(ggml_type, below):
 
 
 def test_prefill_quantization_matches_decode_quantization():
-    """activations.quantize_prefill (tokens in parallel): the d and q16 of quantize_activations, px the sums of
-    q16 over each 32 times d, q16 on a cache line."""
+    """activations.quantize_prefill (tokens in parallel): the d and q16 of quantize_activations, pxt the sums of
+    q16 over each 32 times d, tokens along and zero-padded to 32 of them, q16 on a cache line."""
     from quant.activations import quantize_activations, quantize_prefill
     rng = np.random.default_rng(16)
     x = (rng.standard_normal((5, 3 * 256)) * rng.uniform(1e-3, 1e3, (5, 1))).astype(np.float32)
     x[1, 256:512] = 0
-    d, q16, px = quantize_prefill(x)
+    d, q16, pxt = quantize_prefill(x)
     d_ref, q16_ref, _, _, _, bsums = (np.stack(a) for a in zip(*map(quantize_activations, x)))
     np.testing.assert_array_equal(d, d_ref)
     np.testing.assert_array_equal(q16, q16_ref)
-    np.testing.assert_array_equal(px, (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(d_ref, 8, axis=1))
+    assert pxt.shape == (3 * 8, 32) and not pxt[:, 5:].any()
+    np.testing.assert_array_equal(pxt[:, :5].T, (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(d_ref, 8, axis=1))
     assert q16.ctypes.data % 64 == 0
 
 
@@ -439,7 +440,7 @@ def test_second_process_compiles_nothing():
         kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for k in qk._UNPACK.values() if k]
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE32.values()]
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE_TOKENS.values()] + list(qk._UNPACK32.values())
-        kernels += [qk._W4X2[qk.INT_PATH], qk._W4X2_NOMINS[qk.INT_PATH], qk._W32[qk.INT_PATH], qk._W32_NOMINS[qk.INT_PATH]]
+        kernels += [qk._W4X2[qk.INT_PATH], qk._MINS[qk.INT_PATH], qk._W32[qk.INT_PATH], qk._W32_NOMINS[qk.INT_PATH]]
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
