@@ -114,34 +114,74 @@ def quantize_activations(x: np.ndarray):
     return d, q16, qp, hi, lo, bsums
 
 
-# --- prefill: q16 and d as quantize gives them, and pxt = d * (sum of the 32 q16) per 32, tokens in parallel ---
+# --- prefill: q16 and d as quantize gives them, G blocks interleaved, and pxt = d * (sum of the 32 q16) per 32 ---
+
+@njit(inline="always")
+def slot_k(i, p, g):
+    """Where int32 pair p (elements 2 p, 2 p + 1; p < 128) of block i of a group of g blocks of 256 (g = 1, 2, 4)
+    sits in the group, in int16: lanes 16/g i .. 16/g (i + 1) - 1 of the group's 8 g rows of 16 pairs take
+    block i, 16/g pairs a row in order, so that each lane of a pairwise multiply-add meets one block only and
+    sums 16 g of its products (int32 holds 64 of Q4_K's, 32 of Q5_K's, 16 of Q6_K's). g = 1: p at 2 p."""
+    lanes = 16 // g
+    return 32 * (p // lanes) + 2 * (i * lanes + p % lanes)
+
+
+@njit(inline="always")
+def _interleave(src, dst, lanes):
+    """A group of 16/lanes blocks from natural order (src) to prefill's (slot_k): block i's elements
+    2 lanes r .. 2 lanes (r + 1) - 1 to row r, lanes 2 lanes i on (contiguous runs, which LLVM vectorizes)."""
+    for i in range(16 // lanes):
+        for r in range(BLOCK // (2 * lanes)):
+            for m in range(2 * lanes):
+                dst[32 * r + 2 * lanes * i + m] = src[BLOCK * i + 2 * lanes * r + m]
+
+
+@njit(inline="always")
+def _round_block(x, b, inv, db, out, y, px):
+    """Block b of x rounded to out[y:y + 256], px[8 b + j] = db * the sum of its 32 j .. 32 j + 31."""
+    for j in range(8):
+        s = np.int32(0)
+        for e in range(32 * j, 32 * j + 32):
+            q = _round(x[b * BLOCK + e], inv)
+            out[y + e] = q
+            s += q
+        px[8 * b + j] = np.float32(s) * db
+
 
 @njit_parallel
-def _quantize_prefill(x, d, q16, pxt):
+def _quantize_prefill(x, d, q16, pxt, g):
+    lanes = 16 // g
     for t in prange(x.shape[0]):
         bits = x[t].view(np.uint32)
+        tmp = np.empty(BLOCK * g, np.int16)
         for b in range(x.shape[1] // BLOCK):
-            d[t, b], inv = _block_scale(bits, b * BLOCK, BLOCK)
-            for j in range(8 * b, 8 * b + 8):
-                s = np.int32(0)
-                for i in range(32 * j, 32 * j + 32):
-                    q = _round(x[t, i], inv)
-                    q16[t, i] = q
-                    s += q
-                pxt[j, t] = np.float32(s) * d[t, b]
+            db, inv = _block_scale(bits, b * BLOCK, BLOCK)
+            for lane in range(lanes):   # the block's d on each of its lanes
+                d[t, 16 * (b // g) + lanes * (b % g) + lane] = db
+            if g == 1:
+                _round_block(x[t], b, inv, db, q16[t], b * BLOCK, pxt[:, t])
+            else:
+                _round_block(x[t], b, inv, db, tmp, (b % g) * BLOCK, pxt[:, t])
+            if g > 1 and b % g == g - 1:   # the group's blocks are in tmp: to their slots
+                group = q16[t, BLOCK * (b - g + 1):BLOCK * (b + 1)]
+                if g == 4:
+                    _interleave(tmp, group, 4)
+                else:
+                    _interleave(tmp, group, 8)
 
 
-TOKENS_PAD = 32   # pxt's tokens, padded with zeros: the mins kernel takes two vectors of 16 at a time
+TOKENS_PAD = 16   # pxt's tokens, padded with zeros: the mins kernel takes vectors of 16 (AVX2: 8)
 
 
-def quantize_prefill(x: np.ndarray):
-    """x (T, K) float32 contiguous, K % 256 == 0 -> d (T, K/256) f32 and q16 (T, K) int16 (cache-line aligned)
-    as quantize_activations gives them, pxt (K/32, T rounded up to TOKENS_PAD) f32: the sums of q16 over each 32
-    times d, tokens along (the mins kernel's layout), zero past T."""
+def quantize_prefill(x: np.ndarray, g: int = 1):
+    """x (T, K) float32 contiguous, K % (256 g) == 0 -> the d and q16 of quantize_activations in prefill's layout:
+    d (T, 16 K / (256 g)) f32 by lane (a block's d on each of its 16/g lanes), q16 (T, K) int16 with g blocks
+    interleaved (slot_k; cache-line aligned); pxt (K/32, T rounded up to TOKENS_PAD) f32: the sums of q16 over
+    each 32 times d, in K's order, tokens along (the mins kernel's layout), zero past T."""
     t, k = x.shape
-    d, q16 = np.empty((t, k // BLOCK), np.float32), aligned_int16(t * k).reshape(t, k)
+    d, q16 = np.empty((t, 16 * k // (BLOCK * g)), np.float32), aligned_int16(t * k).reshape(t, k)
     pxt = np.zeros((k // 32, -(-t // TOKENS_PAD) * TOKENS_PAD), np.float32)
-    _quantize_prefill(x, d, q16, pxt)
+    _quantize_prefill(x, d, q16, pxt, g)
     return d, q16, pxt
 
 

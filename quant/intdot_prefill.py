@@ -18,64 +18,80 @@ from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES
 from .jit import njit
 from .simd import prefetch_block
 from .simd_prefill import (B32_BYTES, fma32, mins_rows8, mins_rows16, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
-                           q5_k_unpack16, q6_k_unpack16, q8_0_unpack16, w16_4x2, w16_4x2_512, w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
+                           q4_k_unpack16_g4, q5_k_unpack16, q5_k_unpack16_g2, q6_k_unpack16, q8_0_unpack16, W16_4X2, W16_4X2_512, w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
 
 
 # --- K-quants: each row unpacked once to int16, then one dot product per token ---
 
 @njit(inline="always")
-def k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, five):
-    """Blocks b0 .. b0 + sb of Q4_K (five False) or Q5_K rows r0 .. r0 + nr - 1 (n_out of them, the last one repeated)
-    -> w16 int16 = q * scale[s] (row i at 256 sb i), dsc = d (row i at sb i), msc = dmin * min[s] (at 8 sb i).
+def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g):
+    """Groups u0 .. u0 + su (g blocks each) of Q4_K (kind 0), Q5_K (1) or Q6_K (2) rows r0 .. r0 + nr - 1 (n_out of
+    them, the last one repeated) -> w16 int16 = q * scale[s] interleaved g blocks a group (activations.slot_k;
+    row i at 256 g su i), dsc = d by lane (row i at 16 su i), msc = dmin * min[s] (at 8 g su i; Q6_K: none).
     One call for many rows: a call per row (four sliced arrays, their reference counts) cost as much as
     unpacking it."""
-    nbytes = Q5_K_BYTES if five else Q4_K_BYTES
+    nbytes = (Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES)[kind]
+    lanes = 16 // g
     for i in range(n_out):
         row = rows[r0 + min(i, nr - 1)]
-        for b in range(sb):
-            o, j = (b0 + b) * nbytes, i * sb + b
+        for b in range(su * g):
+            o, j = (g * u0 + b) * nbytes, i * su * g + b
+            y = BLOCK * (j - j % g) + 2 * lanes * (j % g)   # the block's first slot in its group
             prefetch_block(row, o, nbytes)
-            if five:
-                q5_k_unpack16(row, o, w16, j * BLOCK, dsc, msc, j)
+            if kind == 2:
+                q6_k_unpack16(row, o, w16, y, dsc, j)
+            elif kind == 1:
+                if g == 2:
+                    q5_k_unpack16_g2(row, o, w16, y, dsc, msc, j)
+                else:
+                    q5_k_unpack16(row, o, w16, y, dsc, msc, j)
+            elif g == 4:
+                q4_k_unpack16_g4(row, o, w16, y, dsc, msc, j)
             else:
-                q4_k_unpack16(row, o, w16, j * BLOCK, dsc, msc, j)
+                q4_k_unpack16(row, o, w16, y, dsc, msc, j)
 
 
 @njit
-def unpack_q4_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
-    k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, False)
+def unpack_q4_k(rows, r0, nr, n_out, u0, su, w16, dsc, msc):   # four blocks a group
+    k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 0, 4)
 
 
 @njit
-def unpack_q5_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
-    k_unpack_loop(rows, r0, nr, n_out, b0, sb, w16, dsc, msc, True)
+def unpack_q4_k_g1(rows, r0, nr, n_out, u0, su, w16, dsc, msc):   # K no multiple of 1024
+    k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 0, 1)
 
 
 @njit
-def unpack_q6_k(rows, r0, nr, n_out, b0, sb, w16, dsc, msc):
-    """As unpack_q4_k for Q6_K rows: w16 = scale[j] * q (signed), dsc = d, msc zeros."""
-    msc[:8 * n_out * sb] = 0
-    for i in range(n_out):
-        row = rows[r0 + min(i, nr - 1)]
-        for b in range(sb):
-            o, j = (b0 + b) * Q6_K_BYTES, i * sb + b
-            prefetch_block(row, o, Q6_K_BYTES)
-            q6_k_unpack16(row, o, w16, j * BLOCK, dsc, j)
+def unpack_q5_k(rows, r0, nr, n_out, u0, su, w16, dsc, msc):   # two blocks a group
+    k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 1, 2)
+
+
+@njit
+def unpack_q5_k_g1(rows, r0, nr, n_out, u0, su, w16, dsc, msc):   # K no multiple of 512
+    k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 1, 1)
+
+
+@njit
+def unpack_q6_k(rows, r0, nr, n_out, u0, su, w16, dsc, msc):
+    k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 2, 1)
 
 
 @njit(inline="always")
-def w16_acc_loop(w16, dsc, x16, xd, xo, bo):
-    """Portable simd_prefill.w16_4x2 for one (row, token): the same int32 lanes (lane i: elements 2i, 2i + 1 of
-    each 32) and float32 operations in the same order."""
-    acc = np.zeros(16, np.float32)
-    lanes = np.empty(16, np.int32)
-    for b in range(w16.size // BLOCK):
+def lanes_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins, unit):
+    """Portable simd_prefill.w16_4x2 and w32_4x2 for one (row, token): int32 lane i (elements 2i, 2i + 1 of
+    each 32) sums a group of unit weights (the last may be shorter: activations.group32), then
+    acc[i] += f32(lane i) * (xd * d) with the lane's scales (16 a group), and for w32's mins
+    acc[i] += m * sx; the same float32 operations in the same order; tree8(acc[i] + acc[i + 8])."""
+    acc, lanes = np.zeros(16, np.float32), np.empty(16, np.int32)
+    for g in range(-(-w16.size // unit)):
         lanes[:] = 0
-        for e in range(b * BLOCK, b * BLOCK + BLOCK):
+        for e in range(unit * g, min(w16.size, unit * g + unit)):
             lanes[(e % 32) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
-        s = xd[bo + b] * dsc[b]
         for i in range(16):
-            acc[i] += np.float32(lanes[i]) * s
+            b = 16 * g + i
+            acc[i] += np.float32(lanes[i]) * (xd[bo + b] * dsc[b])
+            if mins:
+                acc[i] += msc[b] * px[bo + b]
     return np.float64(_tree8(acc[:8] + acc[8:]))
 
 
@@ -88,23 +104,22 @@ def _tree8(v):
 
 
 @njit(inline="always")
-def w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins, per):
-    """Portable simd_prefill.w16_4x2 (per = 256: a weight scale and 8 mins per 256 weights, xd per 256) and
-    w32_4x2 (per = 32: scales, mins and xd per lane, 16 per group of 16 blocks of 32): rows 4 q + r = w16[(4 q + r) K:][:K], token pair
-    j at xo + 2 j xs and xo + (2 j + 1) xs."""
+def w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins, unit):
+    """Portable simd_prefill.w16_4x2 (unit 256 g: g K-quant blocks interleaved) and w32_4x2 (unit 512: sixteen
+    blocks of 32, mins for Q4_1 / Q5_1), 16 scales a unit by lane: rows 4 q + r = w16[(4 q + r) K:][:K], token
+    pair j at xo + 2 j xs and xo + (2 j + 1) xs."""
     k = w16.size // (4 * out.shape[0])
-    nb, mper = k // per if per == BLOCK else 16 * -(-k // 512), 8 if per == BLOCK else 1   # scales per row
-    xsb = xs // per if per == BLOCK else 16 * -(-xs // 512)
+    nsc, xsb = 16 * -(-k // unit), 16 * -(-xs // unit)   # scales a row, a token
     for q in range(out.shape[0]):
         for j in range(out.shape[1] // 8):
             for p in range(8):
                 r, t = 4 * q + p // 2, 2 * j + p % 2
-                ws, ds, ms = w16[r * k:(r + 1) * k], dsc[r * nb:(r + 1) * nb], msc[mper * r * nb:mper * (r + 1) * nb]
-                x0, b0 = xo + t * xs, bo + t * xsb
-                if per == BLOCK:
-                    out[q, 8 * j + p] += w16_acc_loop(ws, ds, x16, xd, x0, b0)
-                else:
-                    out[q, 8 * j + p] += w32_acc_loop(ws, ds, ms, x16, xd, px, x0, b0, mins)
+                ws, ds, ms = w16[r * k:(r + 1) * k], dsc[r * nsc:(r + 1) * nsc], msc[r * nsc:(r + 1) * nsc]
+                out[q, 8 * j + p] += lanes_acc_loop(ws, ds, ms, x16, xd, px, xo + t * xs, bo + t * xsb, mins, unit)
+
+
+_avx2_g1, _avx2_g2, _avx2_g4 = (W16_4X2[g] for g in (1, 2, 4))   # module names, for Numba
+_avx512_g1, _avx512_g2, _avx512_g4 = (W16_4X2_512[g] for g in (1, 2, 4))
 
 
 @njit
@@ -113,13 +128,43 @@ def w16_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
 
 
 @njit
+def w16_4x2_g2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False, 2 * BLOCK)
+
+
+@njit
+def w16_4x2_g4_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False, 4 * BLOCK)
+
+
+@njit
 def w16_4x2_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w16_4x2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+    _avx2_g1(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w16_4x2_g2_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    _avx2_g2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w16_4x2_g4_avx2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    _avx2_g4(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
 
 
 @njit
 def w16_4x2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w16_4x2_512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+    _avx512_g1(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w16_4x2_g2_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    _avx512_g2(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
+
+
+@njit
+def w16_4x2_g4_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
+    _avx512_g4(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
 
 
 # --- prefill of the types with blocks of 32: sixteen blocks interleaved (simd_prefill.w32_4x2) ---
@@ -197,32 +242,14 @@ def unpack32_q5_1(rows, r0, nr, n_out, g0, sg, w16, dsc, msc):
     b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, 4)
 
 
-@njit(inline="always")
-def w32_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins):
-    """Portable simd_prefill.w32_4x2 for one (row, token): lane i of group g sums its block (16 g + i; in a
-    short last group, activations.slot32) exactly, acc[i] += f32(lane i) * (xd * d), then (mins)
-    acc[i] += m * sx, with the lane's scales, group by group; tree8(acc[i] + acc[i + 8])."""
-    acc, lanes = np.zeros(16, np.float32), np.empty(16, np.int32)
-    for g in range(-(-w16.size // 512)):   # the last group may be shorter (activations.group32)
-        lanes[:] = 0
-        for e in range(512 * g, min(w16.size, 512 * g + 512)):
-            lanes[(e % 32) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
-        for i in range(16):
-            b = 16 * g + i
-            acc[i] += np.float32(lanes[i]) * (xd[bo + b] * dsc[b])
-            if mins:
-                acc[i] += msc[b] * px[bo + b]
-    return np.float64(_tree8(acc[:8] + acc[8:]))
-
-
 @njit
 def w32_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True, 32)
+    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, True, 512)
 
 
 @njit
 def w32_4x2_nomins_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False, 32)
+    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False, 512)
 
 
 @njit

@@ -6,7 +6,7 @@ once for all types and everything stays in Numba's on-disk cache. Each output ro
 order, so results do not depend on the thread count.
 """
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +117,10 @@ def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
                          types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
                          OUT2, *(types.int64,) * 6))
 def _w16_rows(unpack, dot4x2, mins, rows, x16, xd, px, out, block_rows, seg, unit, dper, mper, ldp):
-    """x16 (T, K) with T even, xd and px the tokens' scales -> out (T, N). K-quants (unit 256, dper 1, mper 8):
-    xd (T, K/256), px (T, K/32) (sums of q16 over each 32, times xd); blocks of 32 (unit 512: 16 blocks
-    interleaved, dper = mper = 16): xd and px (T, 16 per 512), K as activations.interleave32 lays it out.
+    """x16 (T, K) with T even, xd and px the tokens' scales -> out (T, N). K-quants (unit 256 g: g blocks
+    interleaved, dper 16, mper 8 g): xd (T, 16 per unit) by lane, px (K/32, ldp) (sums of q16 over each 32, times
+    xd); blocks of 32 (unit 512: 16 blocks interleaved, dper = mper = 16): xd and px (T, 16 per 512), K as
+    activations.interleave32 lays it out.
     A thread takes block_rows rows at a time and goes along K by segments of seg units: it unpacks its rows'
     segment (block_rows x seg unit int16, sized to stay in L2 beside the tokens' segment; dper and mper
     scales per unit), then meets each four of them (the last row repeated to fill the last four; in L1)
@@ -174,10 +175,14 @@ _DECODE_TOKENS = {T.Q4_K: {"portable": intdot.dots_q4_k, "avx2": intdot.dots_q4_
 _DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_avx2, "avx512": intdot.dot32_q4_0_avx512},
              T.Q4_1: {"portable": intdot.dot32_q4_1, "avx2": intdot.dot32_q4_1_avx2, "avx512": intdot.dot32_q4_1_avx512},
              T.Q8_0: {"portable": intdot.dot32_q8_0, "avx2": intdot.dot32_q8_0_avx2, "avx512": intdot.dot32_q8_0_avx512}}
-# Prefill's unpack and four-by-two kernel per path, K-quants (the types in neither this nor _UNPACK32
-# dequantize for BLAS); Q4_K's and Q5_K's mins in a kernel of their own
-_UNPACK = {T.Q4_K: intdot_prefill.unpack_q4_k, T.Q5_K: intdot_prefill.unpack_q5_k, T.Q6_K: intdot_prefill.unpack_q6_k}
-_W4X2 = {"portable": intdot_prefill.w16_4x2_portable, "avx2": intdot_prefill.w16_4x2_avx2, "avx512": intdot_prefill.w16_4x2_avx512}
+# Prefill's unpack (by blocks a group: as many as int32 lanes can sum, where K allows) and four-by-two kernel
+# per path, K-quants (the types in neither this nor _UNPACK32 dequantize for BLAS); Q4_K's and Q5_K's mins in
+# a kernel of their own
+_UNPACK = {T.Q4_K: {4: intdot_prefill.unpack_q4_k, 1: intdot_prefill.unpack_q4_k_g1},
+           T.Q5_K: {2: intdot_prefill.unpack_q5_k, 1: intdot_prefill.unpack_q5_k_g1}, T.Q6_K: {1: intdot_prefill.unpack_q6_k}}
+_W4X2 = {1: {"portable": intdot_prefill.w16_4x2_portable, "avx2": intdot_prefill.w16_4x2_avx2, "avx512": intdot_prefill.w16_4x2_avx512},
+         2: {"portable": intdot_prefill.w16_4x2_g2_portable, "avx2": intdot_prefill.w16_4x2_g2_avx2, "avx512": intdot_prefill.w16_4x2_g2_avx512},
+         4: {"portable": intdot_prefill.w16_4x2_g4_portable, "avx2": intdot_prefill.w16_4x2_g4_avx2, "avx512": intdot_prefill.w16_4x2_g4_avx512}}
 _MINS = {"portable": intdot_prefill.mins_portable, "avx2": intdot_prefill.mins_avx2, "avx512": intdot_prefill.mins_avx512}
 
 
@@ -231,11 +236,12 @@ _SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, _dot16_tokens, quantiz
 
 
 @cache
-def _prefill_kernels(ggml_type: int, path: str):
-    """(unpack, four-by-two kernel, mins kernel or 0) addresses: Q4_K and Q5_K take the mins kernel after the
-    four-by-two one; Q4_1 and Q5_1 the four-by-two kernel with their offsets in it."""
+def _prefill_kernels(ggml_type: int, path: str, scheme: int):
+    """(unpack, four-by-two kernel, mins kernel or 0) addresses for the layout scheme: Q4_K and Q5_K take the
+    mins kernel after the four-by-two one; Q4_1 and Q5_1 the four-by-two kernel with their offsets in it."""
     if ggml_type in _UNPACK:
-        unpack, dot4x2, mins = _UNPACK[ggml_type], _W4X2[path], (None if ggml_type == T.Q6_K else _MINS[path])
+        g = scheme // 256
+        unpack, dot4x2, mins = _UNPACK[ggml_type][g], _W4X2[g][path], (None if ggml_type == T.Q6_K else _MINS[path])
     else:
         unpack, dot4x2, mins = _UNPACK32[ggml_type], (_W32 if ggml_type in (T.Q4_1, T.Q5_1) else _W32_NOMINS)[path], None
     return (kernel_address(unpack, UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG),
@@ -243,11 +249,14 @@ def _prefill_kernels(ggml_type: int, path: str):
 
 
 def _prefill_scheme(w: QuantizedTensor, exact: bool) -> int | None:
-    """Integer prefill's layout for w (a _PREFILL key: 256 for the K-quants, 512 for sixteen interleaved
-    blocks of 32), None where it dequantizes for BLAS."""
+    """Integer prefill's layout for w (a _PREFILL key: 256 g for the K-quants, g blocks interleaved, the most
+    its type allows where K is a multiple of 256 g; B32 for sixteen interleaved blocks of 32), None where it
+    dequantizes for BLAS."""
     if exact:
         return None
-    return 256 if w.ggml_type in _UNPACK else 512 if w.ggml_type in _UNPACK32 else None
+    if w.ggml_type in _UNPACK:
+        return max(256 * g for g in _UNPACK[w.ggml_type] if w.shape[1] % (256 * g) == 0)
+    return B32 if w.ggml_type in _UNPACK32 else None
 
 
 @cache
@@ -416,7 +425,8 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
 
 # Integer prefill layouts (_prefill_scheme): the tokens' quantizer, and per unit of the layout its elements,
 # weight scales and mins (the _w16_rows arguments)
-_PREFILL = {256: (quantize_prefill, 256, 1, 8), 512: (quantize_prefill32, 512, 16, 16)}
+B32 = 32   # the key of the 32-block types' layout
+_PREFILL = {**{256 * g: (partial(quantize_prefill, g=g), 256 * g, 16, 8 * g) for g in (1, 2, 4)}, B32: (quantize_prefill32, 512, 16, 16)}
 
 
 def _prefill_activations(x: np.ndarray, scheme: int):
@@ -433,7 +443,7 @@ def _int_matmul(w: QuantizedTensor, acts, scheme: int) -> np.ndarray:
     weights in either layout."""
     n_t, (xd, q16, px) = acts
     _, unit, dper, mper = _PREFILL[scheme]
-    unpack, dot4x2, mins = _prefill_kernels(w.ggml_type, INT_PATH)
+    unpack, dot4x2, mins = _prefill_kernels(w.ggml_type, INT_PATH, scheme)
     out = np.empty((q16.shape[0], w.shape[0]), np.float32)
     seg = max(1, SEG_BLOCKS * 256 // unit)
     seg_bytes = 2 * unit * min(seg, -(-q16.shape[1] // unit))
@@ -442,7 +452,7 @@ def _int_matmul(w: QuantizedTensor, acts, scheme: int) -> np.ndarray:
     for t0 in range(0, q16.shape[0], tile):   # each tile's results go straight to its rows of out
         t1 = min(q16.shape[0], t0 + tile)
         # K-quants: px (K/32, T padded) tokens along, the tile's from column t0 on; 32-block types: by token
-        tile_px = px.reshape(-1)[t0:].reshape(1, -1) if scheme == 256 else px[t0:t1]
+        tile_px = px[t0:t1] if scheme == B32 else px.reshape(-1)[t0:].reshape(1, -1)
         _w16_rows(unpack, dot4x2, mins, w.data, q16[t0:t1], xd[t0:t1], tile_px, out[t0:t1], block_rows, seg, unit, dper, mper,
                   px.shape[1])
     return out[:n_t]

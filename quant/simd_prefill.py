@@ -30,7 +30,19 @@ def _unpack_args(context, builder, sig, args):   # row, w16, dsc, msc data point
     return (*ptrs, *(_i64(builder, args[k]) for k in (1, 3, 6)))
 
 
-def _k_unpack16(qh_at, qs_at):
+def _store_lanes(builder, wp, dp, y_, j_, d, s, v, lanes):
+    """A block's sub-block s (v: its 32 int16) into prefill's layout of 16/lanes blocks interleaved
+    (activations.slot_k; y_: the block's first slot): 2 lanes int16 a row of 32, rows 16/lanes s on; and, at
+    s = 0, its d on its lanes, dsc[lanes j:][:lanes]."""
+    rows = 16 // lanes
+    if s == 0:
+        _store_at(builder, dp, builder.mul(j_, ir.Constant(I64, lanes)), _splat(builder, d, lanes))
+    for k in range(rows):
+        piece = v if rows == 1 else builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 2 * lanes), list(range(2 * lanes * k, 2 * lanes * (k + 1)))))
+        _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * (rows * s + k))), piece)
+
+
+def _k_unpack16(qh_at, qs_at, lanes):
     @intrinsic
     def k_unpack16(typingctx, row, o, w16, y, dsc, msc, j):
         if not _unpack_ok(row, o, w16, y, dsc, msc, j):
@@ -42,7 +54,6 @@ def _k_unpack16(qh_at, qs_at):
             splat = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
             d, dmin = _half_pair(builder, rp, o_)
             sc8, mn8 = _k_scales_mins(builder, rp, o_)
-            builder.store(d, builder.gep(dp, [j_]))
             _store_at(builder, mp, builder.mul(j_, ir.Constant(I64, 8)), builder.fmul(_splat(builder, dmin), builder.uitofp(mn8, V8F)))
             scales = builder.zext(sc8, ir.VectorType(I16, 8))
             qh = None if qh_at is None else _load_at(builder, rp, builder.add(o_, ir.Constant(I64, qh_at)), V32I8)
@@ -53,28 +64,32 @@ def _k_unpack16(qh_at, qs_at):
                     if qh is not None:   # bit s of qh byte l is bit 4 of element l
                         q = builder.or_(q, builder.shl(builder.and_(builder.lshr(qh, splat(s)), splat(1)), splat(4)))
                     scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 32), [s] * 32))
-                    _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * s)), builder.mul(builder.zext(q, v32i16), scale))
+                    _store_lanes(builder, wp, dp, y_, j_, d, s, builder.mul(builder.zext(q, v32i16), scale), lanes)
             return context.get_dummy_value()
 
         return types.none(row, o, w16, y, dsc, msc, j), codegen
     return k_unpack16
 
 
-# w16[y + 32 s + l] = scale[s] * q (int16) for the 256 weights of the Q4_K block row[o:o+144] (Q5_K: row[o:o+176],
-# q with its fifth bit), dsc[j] = d, msc[8 j + s] = dmin * min[s] (the scales and mins as simd._k_scales_mins)
-q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16), _k_unpack16(16, 48)
+# scale[s] * q (int16) for the 256 weights of the Q4_K block row[o:o+144] (Q5_K: row[o:o+176], q with its fifth
+# bit) into prefill's layout from w16[y] (_store_lanes: 16 lanes, one block a group; 4: Q4_K four blocks a group;
+# 8: Q5_K two), d on its lanes of dsc, msc[8 j + s] = dmin * min[s] (the scales and mins as simd._k_scales_mins)
+q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16, 16), _k_unpack16(16, 48, 16)
+q4_k_unpack16_g4, q5_k_unpack16_g2 = _k_unpack16(None, 16, 4), _k_unpack16(16, 48, 8)
 
 
 @intrinsic
 def q6_k_unpack16(typingctx, row, o, w16, y, dsc, j):
-    """w16[y + e] = scale[e // 16] * (u - 32) (int16) for the 256 weights of the Q6_K block row[o:o+210], dsc[j] = d."""
+    """w16[y + e] = scale[e // 16] * (u - 32) (int16) for the 256 weights of the Q6_K block row[o:o+210],
+    dsc[16 j:][:16] = d (one block a group, its d on all 16 lanes)."""
     if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and all(isinstance(t, types.Integer) for t in (o, y, j))):
         return None
 
     def codegen(context, builder, sig, args):
         rp, wp, dp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4))
         o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[5])
-        builder.store(_half_pair(builder, rp, builder.add(o_, ir.Constant(I64, 206)))[1], builder.gep(dp, [j_]))   # d: bytes 208-209
+        d = _half_pair(builder, rp, builder.add(o_, ir.Constant(I64, 206)))[1]   # d: bytes 208-209
+        _store_at(builder, dp, builder.mul(j_, ir.Constant(I64, 16)), _splat(builder, d, 16))
         at = lambda k: builder.add(o_, ir.Constant(I64, k))  # noqa: E731
         v32i16 = ir.VectorType(I16, 32)
         scales = builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16)
@@ -103,27 +118,31 @@ def _w4x2_args(context, builder, sig, args):
             arrs[0].nitems)
 
 
-def _w16_4x2(wide):
+def _w16_4x2(wide, g):
     @intrinsic
     def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
         """Prefill, register-blocked: four rows by two tokens at a time, for out.shape[0] fours of rows and
-        out.shape[1] / 8 pairs of tokens. w16 (4 Q K,) holds the rows unpacked (row r at r K), dsc (4 Q K/256,)
-        their block scales (msc and px unused: Q4_K's and Q5_K's mins are mins_rows'); token t's activations are x16[xo + t xs:][:K],
-        xd[bo + t xs/256:][:K/256] (xs: the tokens' stride, a multiple of 256). out (Q, 8 J) f64:
+        out.shape[1] / 8 pairs of tokens, K-quant rows in groups of g blocks interleaved (activations.slot_k).
+        w16 (4 Q K,) holds the rows unpacked (row r at r K), dsc (4 Q x 16 K/(256 g)) their d by lane (msc and
+        px unused: Q4_K's and Q5_K's mins are mins_rows'); token t's activations are x16[xo + t xs:][:K] in the
+        same layout, its d by lane xd[bo + t xsb:] (xsb = 16 xs/(256 g); xs: the tokens' stride). out (Q, 8 J) f64:
         out[q, 8 j + 2 r + t'] += the dot of row 4 q + r and token 2 j + t' (the caller sums K by segments).
-        Per block and pair, int32 lane i (i < 16) sums w16 q16 over elements 2i, 2i + 1 of each 32 (exact: 16
-        products of |w16| <= 4096, |q16| <= 32512), then acc[i] += f32(lane i) * (xd * d) in float32; the
-        result is tree8(acc[i] + acc[i + 8]) (_sum8x8). AVX-512 VNNI holds the 16 lanes in one register (one
-        vpdpwssd per 32 weights, four rows at once, 2 x16 loads per 8 vpdpwssd); AVX2 holds them in two (lanes
-        0..7 from elements 0..15 of each 32, lanes 8..15 from 16..31) and takes the rows two at a time (8 int32
-        and 8 float32 accumulators in 16 vector registers)."""
+        Per group and pair, int32 lane i (i < 16) sums w16 q16 over elements 2i, 2i + 1 of each 32 (exact: 16 g
+        products of one block, within int32 for Q4_K at g = 4, Q5_K at 2, Q6_K at 1), then acc[i] += f32(lane
+        i) * (xd[i] * d[i]) in float32: one float32 step per 16 g products, where it was one per 16 (g = 4: Q4_K
+        at T = 512 ~10% faster on cached data). The result is tree8(acc[i] + acc[i + 8]) (_sum8x8). AVX-512
+        VNNI holds the 16 lanes in one register (one vpdpwssd per 32 weights, four rows at once, 2 x16 loads per 8
+        vpdpwssd); AVX2 holds them in two (lanes 0..7 from elements 0..15 of each 32, lanes 8..15 from 16..31)
+        and takes the rows two at a time (8 int32 and 8 float32 accumulators in 16 vector registers)."""
         if not _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
             return None
 
         def codegen(context, builder, sig, args):
+            c = lambda v: ir.Constant(I64, v)  # noqa: E731
             (w0, dsc0, _, x_, xd_, _, out0), (xo0, bo0, xs_), (n_quads, n_cols), n_w = _w4x2_args(context, builder, sig, args)
-            k = builder.udiv(n_w, builder.mul(n_quads, ir.Constant(I64, 4)))
-            nb, xsb = builder.udiv(k, ir.Constant(I64, 256)), builder.udiv(xs_, ir.Constant(I64, 256))
+            k = builder.udiv(n_w, builder.mul(n_quads, c(4)))
+            n_g = builder.udiv(k, c(256 * g))   # groups a row
+            nsc, xsb = builder.mul(n_g, c(16)), builder.mul(builder.udiv(xs_, c(256 * g)), c(16))   # scales a row, a token
             op = _Ops(context, builder)
             lanes = 16 if wide else 8
             vf = ir.VectorType(ir.FloatType(), lanes)
@@ -131,11 +150,11 @@ def _w16_4x2(wide):
             # AVX-512: all four rows, 32 weights a chunk; AVX2: two rows at a time, each 32 as two halves of 16
             groups, halves = ([(0, 1, 2, 3)], (0,)) if wide else ([(0, 1), (2, 3)], (0, 1))
 
-            def quad(q, _):   # rows 4 q .. 4 q + 3: their w16, dsc, msc and out row
+            def quad(q, _):   # rows 4 q .. 4 q + 3: their w16, dsc and out row
                 nonlocal w_, dsc_, out_
-                w_, dsc_ = builder.gep(w0, [builder.mul(q, builder.mul(k, ir.Constant(I64, 4)))]), builder.gep(dsc0, [builder.mul(q, builder.mul(nb, ir.Constant(I64, 4)))])
+                w_, dsc_ = builder.gep(w0, [builder.mul(q, builder.mul(k, c(4)))]), builder.gep(dsc0, [builder.mul(q, builder.mul(nsc, c(4)))])
                 out_ = builder.gep(out0, [builder.mul(q, n_cols)])
-                _loop(builder, builder.udiv(n_cols, ir.Constant(I64, 8)), [], token_pair)
+                _loop(builder, builder.udiv(n_cols, c(8)), [], token_pair)
                 return []
 
             w_ = dsc_ = out_ = None
@@ -143,29 +162,27 @@ def _w16_4x2(wide):
             def token_pair(j, _):
                 xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
                 bo_ = builder.add(bo0, builder.mul(j, builder.add(xsb, xsb)))
-                toks = (xo_, builder.add(xo_, xs_))
+                toks, scs = (xo_, builder.add(xo_, xs_)), (bo_, builder.add(bo_, xsb))
                 finals = {}
                 vty = ir.VectorType(I16, 2 * lanes)
                 for group in groups:
                     pairs = [(wi, xi, h) for wi in group for xi in range(2) for h in halves]
 
-                    def step(b, accs):
-                        y = builder.mul(b, ir.Constant(I64, 256))
+                    def step(u, accs):
+                        y, at = builder.mul(u, c(256 * g)), builder.mul(u, c(16))
                         ints = [zero_i] * len(pairs)
-                        for c in range(8):
-                            es = [builder.add(y, ir.Constant(I64, 32 * c + 16 * h)) for h in halves]
-                            ws = {(wi, h): _load_at(builder, w_, builder.add(builder.mul(k, ir.Constant(I64, wi)), es[h]), vty)
-                                  for wi in group for h in halves}
+                        for ch in range(8 * g):
+                            es = [builder.add(y, c(32 * ch + 16 * h)) for h in halves]
+                            ws = {(wi, h): _load_at(builder, w_, builder.add(builder.mul(k, c(wi)), es[h]), vty) for wi in group for h in halves}
                             xv = {(xi, h): _load_at(builder, x_, builder.add(t, es[h]), vty) for xi, t in enumerate(toks) for h in halves}
                             ints = [op.dpwssd(ints[p], ws[wi, h], xv[xi, h]) if wide else builder.add(ints[p], op.madd(ws[wi, h], xv[xi, h]))
                                     for p, (wi, xi, h) in enumerate(pairs)]
-                        xdb = [_load_at(builder, xd_, builder.add(bo_, builder.add(b, st)), ir.FloatType()) for st in (ir.Constant(I64, 0), xsb)]
-                        dsb = {wi: _load_at(builder, dsc_, builder.add(b, builder.mul(nb, ir.Constant(I64, wi))), ir.FloatType()) for wi in group}
-                        scales = {(wi, xi): _splat(builder, builder.fmul(xdb[xi], dsb[wi]), lanes) for wi in group for xi in range(2)}
-                        return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf), scales[wi, xi]))
+                        xdv = {(xi, h): _load_at(builder, xd_, builder.add(sc, builder.add(at, c(8 * h))), vf) for xi, sc in enumerate(scs) for h in halves}
+                        dsv = {(wi, h): _load_at(builder, dsc_, builder.add(builder.mul(nsc, c(wi)), builder.add(at, c(8 * h))), vf) for wi in group for h in halves}
+                        return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf), builder.fmul(xdv[xi, h], dsv[wi, h])))
                                 for p, (wi, xi, h) in enumerate(pairs)]
 
-                    for (wi, xi, h), acc in zip(pairs, _loop(builder, nb, [zero_f] * len(pairs), step)):
+                    for (wi, xi, h), acc in zip(pairs, _loop(builder, n_g, [zero_f] * len(pairs), step)):
                         finals.setdefault((wi, xi), []).append(acc)
 
                 # acc[i] + acc[i + 8]: AVX-512 folds its 16 lanes, AVX2 adds its two passes
@@ -202,8 +219,10 @@ def _add_sums(builder, out_, j, total):   # out_[8 j + p] += float64(total[lane]
         builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(I32, lane))), ptr)
 
 
-w16_4x2 = _w16_4x2(False)
-w16_4x2_512 = _w16_4x2(True)   # the same lanes, 32 weights per vpdpwssd (AVX-512 VNNI)
+# by blocks a group (1: Q6_K, and Q4_K, Q5_K where K is no multiple of 1024 or 512; 2: Q5_K; 4: Q4_K); AVX2, and
+# the same lanes with 32 weights per vpdpwssd (AVX-512 VNNI)
+W16_4X2 = {g: _w16_4x2(False, g) for g in (1, 2, 4)}
+W16_4X2_512 = {g: _w16_4x2(True, g) for g in (1, 2, 4)}
 
 
 # --- prefill of the types with blocks of 32 (Q4_0, Q4_1, Q8_0): blocks interleaved sixteen at a time ---
@@ -402,9 +421,10 @@ def _mins_rows(lanes):
     def mins_rows(typingctx, msc, pxt, s0, ldp, accm):
         """Q4_K / Q5_K mins of a segment: accm[r, t] += float64(sum over its S sub-blocks s, in order, of
         fma(msc[r S + s], pxt[(s0 + s) ldp + t], .)) in float32, for the R rows of accm (R % 4 == 0) and its
-        NT tokens (NT % (2 lanes) == 0); S = msc.size / R. msc: dmin * min by sub-block (the unpack's), pxt: the
-        tokens' xd * (sum of q16) by sub-block, tokens along (activations.quantize_prefill). Four rows by two
-        vectors of tokens: 8 fused multiply-adds per 2 loads and 4 broadcasts."""
+        NT tokens (NT % lanes == 0); S = msc.size / R. msc: dmin * min by sub-block (the unpack's), pxt: the
+        tokens' xd * (sum of q16) by sub-block, tokens along (activations.quantize_prefill). Four rows by four
+        vectors of tokens (16 fused multiply-adds per 4 loads and 4 broadcasts; 8 chains left the FMA units
+        half idle), the rest a vector at a time."""
         if not (msc in F32ARR and pxt in F32ARR and isinstance(s0, types.Integer) and isinstance(ldp, types.Integer)
                 and accm == types.Array(types.float64, 2, "C")):
             return None
@@ -423,24 +443,24 @@ def _mins_rows(lanes):
             def quad(q, _):
                 r0 = builder.mul(q, c(4))
 
-                def tokens(j, _):
-                    t0 = builder.mul(j, c(2 * lanes))
-
+                def tokens(t0, nv):   # tokens t0 .. t0 + nv lanes - 1 of the four rows
                     def step(s, accs):
                         at = builder.add(builder.mul(builder.add(s0_, s), ldp_), t0)
-                        ps = [_load_at(builder, pp, builder.add(at, c(lanes * v)), vf) for v in range(2)]
+                        ps = [_load_at(builder, pp, builder.add(at, c(lanes * v)), vf) for v in range(nv)]
                         ms = [_splat(builder, _load_at(builder, mp, builder.add(builder.mul(builder.add(r0, c(r)), n_s), s), ir.FloatType()), lanes)
                               for r in range(4)]
-                        return [builder.call(fma, [ms[r], ps[v], accs[2 * r + v]]) for r in range(4) for v in range(2)]
+                        return [builder.call(fma, [ms[r], ps[v], accs[nv * r + v]]) for r in range(4) for v in range(nv)]
 
-                    for k, acc in enumerate(_loop(builder, n_s, [zero] * 8, step)):
-                        r, v = divmod(k, 2)
+                    for k, acc in enumerate(_loop(builder, n_s, [zero] * (4 * nv), step)):
+                        r, v = divmod(k, nv)
                         ptr = builder.bitcast(builder.gep(ap, [builder.add(builder.mul(builder.add(r0, c(r)), n_tok), builder.add(t0, c(lanes * v)))]),
                                               vd.as_pointer())
                         builder.store(builder.fadd(builder.load(ptr, align=8), builder.fpext(acc, vd)), ptr, align=8)
-                    return []
 
-                _loop(builder, builder.udiv(n_tok, c(2 * lanes)), [], tokens)
+                n_four = builder.udiv(n_tok, c(4 * lanes))   # four vectors at a time (16 chains of fused multiply-adds), then one
+                _loop(builder, n_four, [], lambda j, _: tokens(builder.mul(j, c(4 * lanes)), 4) or [])
+                _loop(builder, builder.udiv(builder.urem(n_tok, c(4 * lanes)), c(lanes)), [],
+                      lambda j, _: tokens(builder.add(builder.mul(n_four, c(4 * lanes)), builder.mul(j, c(lanes))), 1) or [])
                 return []
 
             _loop(builder, builder.udiv(n_rows, c(4)), [], quad)

@@ -175,6 +175,29 @@ def test_prefill_of_32_blocks(ggml_type, k, monkeypatch):
             np.testing.assert_array_equal(got.view(np.uint32), prefill["portable"][t > 4].view(np.uint32), err_msg=path)
 
 
+@pytest.mark.parametrize("k", [1024 + 512, 2048])
+@pytest.mark.parametrize("ggml_type", list(_UNPACK), ids=lambda t: t.name)
+def test_prefill_of_grouped_k_quants(ggml_type, k, monkeypatch):
+    """K-quant prefill with blocks interleaved (Q4_K four a group where K % 1024 == 0, else one; Q5_K two where
+    K % 512 == 0): close to float64, the same bits on every path, over several token tiles, row blocks and
+    segments of K; the layout _prefill_scheme picks."""
+    import quant.kernels as qk
+    from quant.simd import HAS_AVX2, HAS_AVX512
+    monkeypatch.setattr(qk, "TILE_BYTES", 1 << 14)
+    monkeypatch.setattr(qk, "SEG_BLOCKS", 4)
+    w = random_tensor(ggml_type, (N, k), seed=41)
+    want_g = {T.Q4_K: 4 if k % 1024 == 0 else 1, T.Q5_K: 2, T.Q6_K: 1}[ggml_type]
+    assert qk._prefill_scheme(w, False) == 256 * want_g
+    xs = (np.random.default_rng(42).standard_normal((37, k)) * np.random.default_rng(43).uniform(0.01, 100, (37, 1))).astype(np.float32)
+    ref = xs.astype(np.float64) @ dequantize(w).astype(np.float64).T
+    prefill = {}
+    for path in [p for p, ok in (("portable", True), ("avx2", HAS_AVX2), ("avx512", HAS_AVX512)) if ok]:
+        monkeypatch.setattr(qk, "INT_PATH", path)
+        prefill[path] = matmul(w, xs)
+        assert_close(prefill[path], ref, f"{ggml_type.name} K={k} {path}", rel=1e-3)
+        np.testing.assert_array_equal(prefill[path].view(np.uint32), prefill["portable"].view(np.uint32), err_msg=path)
+
+
 @pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K, T.Q4_1, T.Q8_0], ids=lambda t: t.name)
 def test_cpus_without_avx2_take_the_float_kernels(ggml_type, monkeypatch):
     """kernels.INTEGER False (no AVX2): matvec, matmul (a few tokens and a chunk) and matmuls give what
@@ -266,18 +289,23 @@ def test_small_chunks_go_token_by_token(ggml_type, below):
     assert_close(chunk, by_token.astype(np.float64), f"{ggml_type.name} T={below}", rel=1e-3)
 
 
-def test_prefill_quantization_matches_decode_quantization():
-    """activations.quantize_prefill (tokens in parallel): the d and q16 of quantize_activations, pxt the sums of
-    q16 over each 32 times d, tokens along and zero-padded to 32 of them, q16 on a cache line."""
+@pytest.mark.parametrize("g", [1, 2, 4])
+def test_prefill_quantization_matches_decode_quantization(g):
+    """activations.quantize_prefill (tokens in parallel): the d and q16 of quantize_activations in prefill's
+    layout of g blocks a group (pair p of block i at pair 16 (p // (16/g)) + 16/g i + p % (16/g) of its group;
+    d on each of the block's 16/g lanes), pxt the sums of q16 over each 32 times d, tokens along and
+    zero-padded to 16 of them, q16 on a cache line."""
     from quant.activations import quantize_activations, quantize_prefill
     rng = np.random.default_rng(16)
-    x = (rng.standard_normal((5, 3 * 256)) * rng.uniform(1e-3, 1e3, (5, 1))).astype(np.float32)
+    x = (rng.standard_normal((5, 8 * 256)) * rng.uniform(1e-3, 1e3, (5, 1))).astype(np.float32)
     x[1, 256:512] = 0
-    d, q16, pxt = quantize_prefill(x)
+    d, q16, pxt = quantize_prefill(x, g)
     d_ref, q16_ref, _, _, _, bsums = (np.stack(a) for a in zip(*map(quantize_activations, x)))
-    np.testing.assert_array_equal(d, d_ref)
-    np.testing.assert_array_equal(q16, q16_ref)
-    assert pxt.shape == (3 * 8, 32) and not pxt[:, 5:].any()
+    lanes = 16 // g
+    np.testing.assert_array_equal(d, np.repeat(d_ref, lanes, axis=1))
+    pairs = q16_ref.reshape(5, 8 // g, g, 8 * g, lanes, 2)   # (token, group, block, row, lane, 2)
+    np.testing.assert_array_equal(q16.reshape(5, 8 // g, 8 * g, g, lanes, 2), pairs.transpose(0, 1, 3, 2, 4, 5))
+    assert pxt.shape == (8 * 8, 16) and not pxt[:, 5:].any()
     np.testing.assert_array_equal(pxt[:, :5].T, (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(d_ref, 8, axis=1))
     assert q16.ctypes.data % 64 == 0
 
@@ -417,6 +445,8 @@ def test_second_process_compiles_nothing():
         matvec(random_tensor(ggml_type, (3, 96)), np.ones(96, np.float32))
         matmuls([random_tensor(ggml_type, (3, 96))] * 2, np.ones((1, 96), np.float32))
     matmuls([random_tensor(T.Q4_K, (3, K))] * 2, np.ones((1, K), np.float32))
+    for ggml_type in (T.Q4_K, T.Q5_K):   # K = 1024: the layouts of four and two blocks a group
+        matmul(random_tensor(ggml_type, (3, 1024)), np.ones((24, 1024), np.float32))
     script = """if True:
         import numpy as np
         from quant import QuantizedTensor, SUPPORTED_TYPES, matvec, matmul
@@ -428,6 +458,9 @@ def test_second_process_compiles_nothing():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
             matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((24, 768), np.float32)); matmul(w, np.ones((2, 768), np.float32))
             matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((24, 768), np.float32), exact=True)
+        for t in (12, 13):   # Q4_K, Q5_K at K = 1024: four and two blocks a group
+            w = QuantizedTensor("w", t, (3, 1024), np.zeros((3, 4 * FORMATS[t].BYTES), np.uint8))
+            matmul(w, np.ones((24, 1024), np.float32))
         for t in qk._DECODE32:   # K = 96: blocks of 32 only
             w = QuantizedTensor("w", t, (3, 96), np.zeros((3, 3 * FORMATS[t].BYTES), np.uint8))
             matvec(w, np.ones(96, np.float32)); qk.matmuls([w, w], np.ones((1, 96), np.float32))
@@ -437,10 +470,10 @@ def test_second_process_compiles_nothing():
                    _w16_rows, qk._dot16_tokens, qk._dot32_tokens, qk._dots16_tokens, activations.quantize,
                    activations._quantize_prefill, activations._quantize_prefill32, activations.quantize32]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
-        kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for k in qk._UNPACK.values() if k]
+        kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for ks in qk._UNPACK.values() for k in ks.values()]
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE32.values()]
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE_TOKENS.values()] + list(qk._UNPACK32.values())
-        kernels += [qk._W4X2[qk.INT_PATH], qk._MINS[qk.INT_PATH], qk._W32[qk.INT_PATH], qk._W32_NOMINS[qk.INT_PATH]]
+        kernels += [ks[qk.INT_PATH] for ks in qk._W4X2.values()] + [qk._MINS[qk.INT_PATH], qk._W32[qk.INT_PATH], qk._W32_NOMINS[qk.INT_PATH]]
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
@@ -448,9 +481,9 @@ def test_second_process_compiles_nothing():
     assert out.returncode == 0, out.stderr
     misses, hits = map(int, out.stdout.split())
     from quant.kernels import INT_PATH
-    kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(1 for k in _UNPACK.values() if k)   # decode + prefill unpackers
+    kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(len(ks) for ks in _UNPACK.values())   # decode + prefill unpackers
     kernels += len(_DECODE32) + len(_DECODE_TOKENS) + len(_UNPACK32)
-    assert misses == 0 and hits == 15 + 2 * len(FORMATS) + kernels + 4, out.stdout
+    assert misses == 0 and hits == 15 + 2 * len(FORMATS) + kernels + 6, out.stdout
 
 
 def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
