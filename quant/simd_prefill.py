@@ -154,19 +154,25 @@ def _w16_4x2(wide, g):
                 nonlocal w_, dsc_, out_
                 w_, dsc_ = builder.gep(w0, [builder.mul(q, builder.mul(k, c(4)))]), builder.gep(dsc0, [builder.mul(q, builder.mul(nsc, c(4)))])
                 out_ = builder.gep(out0, [builder.mul(q, n_cols)])
-                _loop(builder, builder.udiv(n_cols, c(8)), [], token_pair)
+                n_pairs = builder.udiv(n_cols, c(8))
+                if wide:   # four tokens at a time (16 vpdpwssd chains), then a last pair
+                    _loop(builder, builder.udiv(n_pairs, c(2)), [], lambda j, _: tokens(builder.mul(j, c(2)), 4))
+                    _loop(builder, builder.urem(n_pairs, c(2)), [], lambda j, _: tokens(builder.sub(n_pairs, c(1)), 2))
+                else:
+                    _loop(builder, n_pairs, [], lambda j, _: tokens(j, 2))
                 return []
 
             w_ = dsc_ = out_ = None
 
-            def token_pair(j, _):
+            def tokens(j, n_tok):   # token pairs j .. j + n_tok/2 - 1
                 xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
                 bo_ = builder.add(bo0, builder.mul(j, builder.add(xsb, xsb)))
-                toks, scs = (xo_, builder.add(xo_, xs_)), (bo_, builder.add(bo_, xsb))
+                toks = [builder.add(xo_, builder.mul(xs_, c(t))) for t in range(n_tok)]
+                scs = [builder.add(bo_, builder.mul(xsb, c(t))) for t in range(n_tok)]
                 finals = {}
                 vty = ir.VectorType(I16, 2 * lanes)
                 for group in groups:
-                    pairs = [(wi, xi, h) for wi in group for xi in range(2) for h in halves]
+                    pairs = [(wi, xi, h) for wi in group for xi in range(n_tok) for h in halves]
 
                     def step(u, accs):
                         y, at = builder.mul(u, c(256 * g)), builder.mul(u, c(16))
@@ -186,8 +192,10 @@ def _w16_4x2(wide, g):
                         finals.setdefault((wi, xi), []).append(acc)
 
                 # acc[i] + acc[i + 8]: AVX-512 folds its 16 lanes, AVX2 adds its two passes
-                sums = [_fold16(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]
-                _add_sums(builder, out_, j, _sum8x8(builder, sums))
+                for tp in range(n_tok // 2):
+                    sums = [_fold16(builder, finals[wi, 2 * tp + t][0]) if wide else builder.fadd(*finals[wi, 2 * tp + t])
+                            for wi in range(4) for t in range(2)]
+                    _add_sums(builder, out_, builder.add(j, c(tp)), _sum8x8(builder, sums))
                 return []
 
             _loop(builder, n_quads, [], quad)
