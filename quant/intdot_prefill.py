@@ -77,10 +77,10 @@ def unpack_q6_k(rows, r0, nr, n_out, u0, su, w16, dsc, msc):
 
 
 @njit(inline="always")
-def lanes_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins, unit):
+def lanes_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins, unit, per):
     """Portable simd_prefill.w16_4x2 and w32_4x2 for one (row, token): int32 lane i (elements 2i, 2i + 1 of
     each 32) sums a group of unit weights (the last may be shorter: activations.group32), then
-    acc[i] += f32(lane i) * (xd * d) with the lane's scales (16 a group), and for w32's mins
+    acc[i] += f32(lane i) * (xd * d) with the lane's scales (per = 16 a group; 1: the group's), and for w32's mins
     acc[i] += m * sx; the same float32 operations in the same order; tree8(acc[i] + acc[i + 8])."""
     acc, lanes = np.zeros(16, np.float32), np.empty(16, np.int32)
     for g in range(-(-w16.size // unit)):
@@ -88,7 +88,7 @@ def lanes_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins, unit):
         for e in range(unit * g, min(w16.size, unit * g + unit)):
             lanes[(e % 32) // 2] += np.int32(w16[e]) * np.int32(x16[xo + e])
         for i in range(16):
-            b = 16 * g + i
+            b = per * g + (i if per == 16 else 0)
             acc[i] += np.float32(lanes[i]) * (xd[bo + b] * dsc[b])
             if mins:
                 acc[i] += msc[b] * px[bo + b]
@@ -104,18 +104,16 @@ def _tree8(v):
 
 
 @njit(inline="always")
-def w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins, unit):
+def w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins, unit, per=16):
     """Portable simd_prefill.w16_4x2 (unit 256 g: g K-quant blocks interleaved) and w32_4x2 (unit 512: sixteen
-    blocks of 32, mins for Q4_1 / Q5_1), 16 scales a unit by lane: rows 4 q + r = w16[(4 q + r) K:][:K], token
-    pair j at xo + 2 j xs and xo + (2 j + 1) xs."""
-    k = w16.size // (4 * out.shape[0])
-    nsc, xsb = 16 * -(-k // unit), 16 * -(-xs // unit)   # scales a row, a token
-    for q in range(out.shape[0]):
-        for j in range(out.shape[1] // 8):
-            for p in range(8):
-                r, t = 4 * q + p // 2, 2 * j + p % 2
-                ws, ds, ms = w16[r * k:(r + 1) * k], dsc[r * nsc:(r + 1) * nsc], msc[r * nsc:(r + 1) * nsc]
-                out[q, 8 * j + p] += lanes_acc_loop(ws, ds, ms, x16, xd, px, xo + t * xs, bo + t * xsb, mins, unit)
+    blocks of 32, mins for Q4_1 / Q5_1), per scales a unit (16: by lane): out[t, r] += row r = w16[r K:][:K] with
+    token t at xo + t xs."""
+    k = w16.size // out.shape[1]
+    nsc, xsb = per * -(-k // unit), per * -(-xs // unit)   # scales a row, a token
+    for r in range(out.shape[1]):
+        for t in range(out.shape[0]):
+            ws, ds, ms = w16[r * k:(r + 1) * k], dsc[r * nsc:(r + 1) * nsc], msc[r * nsc:(r + 1) * nsc]
+            out[t, r] += lanes_acc_loop(ws, ds, ms, x16, xd, px, xo + t * xs, bo + t * xsb, mins, unit, per)
 
 
 _avx2_g1, _avx2_g2, _avx2_g4 = (W16_4X2[g] for g in (1, 2, 4))   # module names, for Numba
@@ -124,7 +122,7 @@ _avx512_g1, _avx512_g2, _avx512_g4 = (W16_4X2_512[g] for g in (1, 2, 4))
 
 @njit
 def w16_4x2_portable(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False, BLOCK)
+    w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, False, BLOCK, 1)
 
 
 @njit

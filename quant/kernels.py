@@ -118,7 +118,7 @@ def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
                          OUT2, *(types.int64,) * 6))
 def _w16_rows(unpack, dot4x2, mins, rows, x16, xd, px, out, block_rows, seg, unit, dper, mper, ldp):
     """x16 (T, K) with T even, xd and px the tokens' scales -> out (T, N). K-quants (unit 256 g: g blocks
-    interleaved, dper 16, mper 8 g): xd (T, 16 per unit) by lane, px (K/32, ldp) (sums of q16 over each 32, times
+    interleaved, dper 16 (g = 1: 1), mper 8 g): xd (T, dper per unit) by lane, px (K/32, ldp) (sums of q16 over each 32, times
     xd); blocks of 32 (unit 512: 16 blocks interleaved, dper = mper = 16): xd and px (T, 16 per 512), K as
     activations.interleave32 lays it out.
     A thread takes block_rows rows at a time and goes along K by segments of seg units: it unpacks its rows'
@@ -138,7 +138,7 @@ def _w16_rows(unpack, dot4x2, mins, rows, x16, xd, px, out, block_rows, seg, uni
         nq = (nr + 3) // 4
         w16 = aligned_int16(4 * nq * seg * unit)
         dsc, msc = np.empty(4 * nq * seg * dper, np.float32), np.empty(4 * nq * seg * mper, np.float32)
-        acc = np.zeros((nq, 4 * n_t), np.float64)   # acc[q, 8 j + 2 r + t]: row 4 q + r, token 2 j + t
+        acc = np.zeros((n_t, 4 * nq), np.float64)   # acc[t, i]: token t, row r0 + i
         accm = np.zeros((4 * nq, n_m), np.float64)   # accm[r, t]: the mins of row r and token t
         for b0 in range(0, nb, seg):
             sb = min(seg, nb - b0)
@@ -149,9 +149,12 @@ def _w16_rows(unpack, dot4x2, mins, rows, x16, xd, px, out, block_rows, seg, uni
             if mins:
                 _call_mins(mins, (msc[:4 * nq * sb * mper], pf, mper * b0, ldp, accm))
         for t in range(n_t):   # along out's rows: by columns, each write would take a cache line of its own
-            for i in range(nr):
-                a = acc[i // 4, 8 * (t // 2) + 2 * (i % 4) + t % 2]
-                out[t, r0 + i] = a - accm[i, t] if mins else a
+            if mins:
+                for i in range(nr):
+                    out[t, r0 + i] = acc[t, i] - accm[i, t]
+            else:
+                for i in range(nr):
+                    out[t, r0 + i] = acc[t, i]
 
 
 # Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
@@ -426,7 +429,8 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
 # Integer prefill layouts (_prefill_scheme): the tokens' quantizer, and per unit of the layout its elements,
 # weight scales and mins (the _w16_rows arguments)
 B32 = 32   # the key of the 32-block types' layout
-_PREFILL = {**{256 * g: (partial(quantize_prefill, g=g), 256 * g, 16, 8 * g) for g in (1, 2, 4)}, B32: (quantize_prefill32, 512, 16, 16)}
+_PREFILL = {**{256 * g: (partial(quantize_prefill, g=g), 256 * g, 16 if g > 1 else 1, 8 * g) for g in (1, 2, 4)},
+            B32: (quantize_prefill32, 512, 16, 16)}
 
 
 def _prefill_activations(x: np.ndarray, scheme: int):

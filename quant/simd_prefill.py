@@ -33,9 +33,11 @@ def _unpack_args(context, builder, sig, args):   # row, w16, dsc, msc data point
 def _store_lanes(builder, wp, dp, y_, j_, d, s, v, lanes):
     """A block's sub-block s (v: its 32 int16) into prefill's layout of 16/lanes blocks interleaved
     (activations.slot_k; y_: the block's first slot): 2 lanes int16 a row of 32, rows 16/lanes s on; and, at
-    s = 0, its d on its lanes, dsc[lanes j:][:lanes]."""
+    s = 0, its d on its lanes, dsc[lanes j:][:lanes] (16 lanes: dsc[j])."""
     rows = 16 // lanes
-    if s == 0:
+    if s == 0 and lanes == 16:   # one block a group: one d
+        builder.store(d, builder.gep(dp, [j_]))
+    elif s == 0:
         _store_at(builder, dp, builder.mul(j_, ir.Constant(I64, lanes)), _splat(builder, d, lanes))
     for k in range(rows):
         piece = v if rows == 1 else builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 2 * lanes), list(range(2 * lanes * k, 2 * lanes * (k + 1)))))
@@ -80,16 +82,14 @@ q4_k_unpack16_g4, q5_k_unpack16_g2 = _k_unpack16(None, 16, 4), _k_unpack16(16, 4
 
 @intrinsic
 def q6_k_unpack16(typingctx, row, o, w16, y, dsc, j):
-    """w16[y + e] = scale[e // 16] * (u - 32) (int16) for the 256 weights of the Q6_K block row[o:o+210],
-    dsc[16 j:][:16] = d (one block a group, its d on all 16 lanes)."""
+    """w16[y + e] = scale[e // 16] * (u - 32) (int16) for the 256 weights of the Q6_K block row[o:o+210], dsc[j] = d."""
     if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and all(isinstance(t, types.Integer) for t in (o, y, j))):
         return None
 
     def codegen(context, builder, sig, args):
         rp, wp, dp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4))
         o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[5])
-        d = _half_pair(builder, rp, builder.add(o_, ir.Constant(I64, 206)))[1]   # d: bytes 208-209
-        _store_at(builder, dp, builder.mul(j_, ir.Constant(I64, 16)), _splat(builder, d, 16))
+        builder.store(_half_pair(builder, rp, builder.add(o_, ir.Constant(I64, 206)))[1], builder.gep(dp, [j_]))   # d: bytes 208-209
         at = lambda k: builder.add(o_, ir.Constant(I64, k))  # noqa: E731
         v32i16 = ir.VectorType(I16, 32)
         scales = builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16)
@@ -111,22 +111,25 @@ def _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):   # the argument type
 
 
 def _w4x2_args(context, builder, sig, args):
-    """The four-by-two kernels' arguments in IR: the arrays' data pointers, (xo, bo, xs) as i64, out's shape,
-    w16's length."""
+    """The four-by-two kernels' arguments in IR: the arrays' data pointers, (xo, bo, xs) as i64, (fours of rows,
+    pairs of tokens, out's row stride) from out's shape (T, 4 Q), w16's length."""
     arrs = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args, args) if isinstance(t, types.Array)]
-    return ([a.data for a in arrs], [_i64(builder, a) for a in args[6:9]], cgutils.unpack_tuple(builder, arrs[6].shape),
-            arrs[0].nitems)
+    n_tok, stride = cgutils.unpack_tuple(builder, arrs[6].shape)
+    two = ir.Constant(I64, 2)
+    return ([a.data for a in arrs], [_i64(builder, a) for a in args[6:9]],
+            (builder.udiv(stride, builder.add(two, two)), builder.udiv(n_tok, two), stride), arrs[0].nitems)
 
 
 def _w16_4x2(wide, g):
     @intrinsic
     def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-        """Prefill, register-blocked: four rows by two tokens at a time, for out.shape[0] fours of rows and
-        out.shape[1] / 8 pairs of tokens, K-quant rows in groups of g blocks interleaved (activations.slot_k).
+        """Prefill, register-blocked: four rows by two tokens at a time (AVX-512, g > 1: four), for out.shape[1] / 4
+        fours of rows and out.shape[0] / 2 pairs of tokens, K-quant rows in groups of g blocks interleaved (activations.slot_k).
         w16 (4 Q K,) holds the rows unpacked (row r at r K), dsc (4 Q x 16 K/(256 g)) their d by lane (msc and
         px unused: Q4_K's and Q5_K's mins are mins_rows'); token t's activations are x16[xo + t xs:][:K] in the
-        same layout, its d by lane xd[bo + t xsb:] (xsb = 16 xs/(256 g); xs: the tokens' stride). out (Q, 8 J) f64:
-        out[q, 8 j + 2 r + t'] += the dot of row 4 q + r and token 2 j + t' (the caller sums K by segments).
+        same layout, its d by lane xd[bo + t xsb:] (xsb = 16 xs/(256 g); xs: the tokens' stride; g = 1: one d a
+        block, xsb = xs/256, and dsc (4 Q K/256,)). out (T, 4 Q) f64:
+        out[t, r] += the dot of row r and token t (the caller sums K by segments).
         Per group and pair, int32 lane i (i < 16) sums w16 q16 over elements 2i, 2i + 1 of each 32 (exact: 16 g
         products of one block, within int32 for Q4_K at g = 4, Q5_K at 2, Q6_K at 1), then acc[i] += f32(lane
         i) * (xd[i] * d[i]) in float32: one float32 step per 16 g products, where it was one per 16 (g = 4: Q4_K
@@ -139,10 +142,11 @@ def _w16_4x2(wide, g):
 
         def codegen(context, builder, sig, args):
             c = lambda v: ir.Constant(I64, v)  # noqa: E731
-            (w0, dsc0, _, x_, xd_, _, out0), (xo0, bo0, xs_), (n_quads, n_cols), n_w = _w4x2_args(context, builder, sig, args)
+            (w0, dsc0, _, x_, xd_, _, out0), (xo0, bo0, xs_), (n_quads, n_pairs, stride), n_w = _w4x2_args(context, builder, sig, args)
             k = builder.udiv(n_w, builder.mul(n_quads, c(4)))
             n_g = builder.udiv(k, c(256 * g))   # groups a row
-            nsc, xsb = builder.mul(n_g, c(16)), builder.mul(builder.udiv(xs_, c(256 * g)), c(16))   # scales a row, a token
+            per = 16 if g > 1 else 1   # scales a group: by lane, or the block's
+            nsc, xsb = builder.mul(n_g, c(per)), builder.mul(builder.udiv(xs_, c(256 * g)), c(per))   # scales a row, a token
             op = _Ops(context, builder)
             lanes = 16 if wide else 8
             vf = ir.VectorType(ir.FloatType(), lanes)
@@ -153,9 +157,9 @@ def _w16_4x2(wide, g):
             def quad(q, _):   # rows 4 q .. 4 q + 3: their w16, dsc and out row
                 nonlocal w_, dsc_, out_
                 w_, dsc_ = builder.gep(w0, [builder.mul(q, builder.mul(k, c(4)))]), builder.gep(dsc0, [builder.mul(q, builder.mul(nsc, c(4)))])
-                out_ = builder.gep(out0, [builder.mul(q, n_cols)])
-                n_pairs = builder.udiv(n_cols, c(8))
-                if wide:   # four tokens at a time (16 vpdpwssd chains), then a last pair
+                out_ = builder.gep(out0, [builder.mul(q, c(4))])
+                if wide and g > 1:   # four tokens at a time (16 vpdpwssd chains), then a last pair; with g = 1 the
+                    # float32 accumulators, which spill, were touched every 8 vpdpwssd a chain (191 -> 155-180 GMAC/s)
                     _loop(builder, builder.udiv(n_pairs, c(2)), [], lambda j, _: tokens(builder.mul(j, c(2)), 4))
                     _loop(builder, builder.urem(n_pairs, c(2)), [], lambda j, _: tokens(builder.sub(n_pairs, c(1)), 2))
                 else:
@@ -175,7 +179,7 @@ def _w16_4x2(wide, g):
                     pairs = [(wi, xi, h) for wi in group for xi in range(n_tok) for h in halves]
 
                     def step(u, accs):
-                        y, at = builder.mul(u, c(256 * g)), builder.mul(u, c(16))
+                        y, at = builder.mul(u, c(256 * g)), builder.mul(u, c(per))
                         ints = [zero_i] * len(pairs)
                         for ch in range(8 * g):
                             es = [builder.add(y, c(32 * ch + 16 * h)) for h in halves]
@@ -183,10 +187,15 @@ def _w16_4x2(wide, g):
                             xv = {(xi, h): _load_at(builder, x_, builder.add(t, es[h]), vty) for xi, t in enumerate(toks) for h in halves}
                             ints = [op.dpwssd(ints[p], ws[wi, h], xv[xi, h]) if wide else builder.add(ints[p], op.madd(ws[wi, h], xv[xi, h]))
                                     for p, (wi, xi, h) in enumerate(pairs)]
-                        xdv = {(xi, h): _load_at(builder, xd_, builder.add(sc, builder.add(at, c(8 * h))), vf) for xi, sc in enumerate(scs) for h in halves}
-                        dsv = {(wi, h): _load_at(builder, dsc_, builder.add(builder.mul(nsc, c(wi)), builder.add(at, c(8 * h))), vf) for wi in group for h in halves}
-                        return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf), builder.fmul(xdv[xi, h], dsv[wi, h])))
-                                for p, (wi, xi, h) in enumerate(pairs)]
+                        if g == 1:   # one block: the same scale on every lane, one scalar product a pair
+                            xds = [_load_at(builder, xd_, builder.add(sc, at), ir.FloatType()) for sc in scs]
+                            dss = {wi: _load_at(builder, dsc_, builder.add(builder.mul(nsc, c(wi)), at), ir.FloatType()) for wi in group}
+                            scale = {(wi, xi, h): _splat(builder, builder.fmul(xds[xi], dss[wi]), lanes) for wi in group for xi in range(n_tok) for h in halves}
+                        else:
+                            xdv = {(xi, h): _load_at(builder, xd_, builder.add(sc, builder.add(at, c(8 * h))), vf) for xi, sc in enumerate(scs) for h in halves}
+                            dsv = {(wi, h): _load_at(builder, dsc_, builder.add(builder.mul(nsc, c(wi)), builder.add(at, c(8 * h))), vf) for wi in group for h in halves}
+                            scale = {(wi, xi, h): builder.fmul(xdv[xi, h], dsv[wi, h]) for wi in group for xi in range(n_tok) for h in halves}
+                        return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf), scale[key])) for p, key in enumerate(pairs)]
 
                     for (wi, xi, h), acc in zip(pairs, _loop(builder, n_g, [zero_f] * len(pairs), step)):
                         finals.setdefault((wi, xi), []).append(acc)
@@ -195,7 +204,7 @@ def _w16_4x2(wide, g):
                 for tp in range(n_tok // 2):
                     sums = [_fold16(builder, finals[wi, 2 * tp + t][0]) if wide else builder.fadd(*finals[wi, 2 * tp + t])
                             for wi in range(4) for t in range(2)]
-                    _add_sums(builder, out_, builder.add(j, c(tp)), _sum8x8(builder, sums))
+                    _add_sums(builder, out_, stride, builder.add(j, c(tp)), _sum8x8(builder, sums))
                 return []
 
             _loop(builder, n_quads, [], quad)
@@ -220,11 +229,17 @@ def _sum8x8(builder, vs):
 _SUM8X8_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
 
-def _add_sums(builder, out_, j, total):   # out_[8 j + p] += float64(total[lane]), p = _SUM8X8_ORDER[lane]
-    total = builder.fpext(total, ir.VectorType(ir.DoubleType(), 8))
-    for lane, p in enumerate(_SUM8X8_ORDER):
-        ptr = builder.gep(out_, [builder.add(builder.mul(j, ir.Constant(I64, 8)), ir.Constant(I64, p))])
-        builder.store(builder.fadd(builder.load(ptr), builder.extract_element(total, ir.Constant(I32, lane))), ptr)
+def _add_sums(builder, out_, stride, j, total):
+    """out_[(2 j + t) stride + r] += float64(total[lane]) for rows r < 4 and tokens t < 2, 2 r + t =
+    _SUM8X8_ORDER[lane]: per token one permute and one vector add of four (scalar ones took ~10% of a K
+    segment's time), into out's (token, row) layout."""
+    v4d = ir.VectorType(ir.DoubleType(), 4)
+    for t in range(2):
+        order = [_SUM8X8_ORDER.index(2 * r + t) for r in range(4)]
+        v = builder.fpext(builder.shuffle_vector(total, total, ir.Constant(ir.VectorType(I32, 4), order)), v4d)
+        row = builder.add(builder.mul(j, ir.Constant(I64, 2)), ir.Constant(I64, t))
+        ptr = builder.bitcast(builder.gep(out_, [builder.mul(row, stride)]), v4d.as_pointer())
+        builder.store(builder.fadd(builder.load(ptr, align=8), v), ptr, align=8)
 
 
 # by blocks a group (1: Q6_K, and Q4_K, Q5_K where K is no multiple of 1024 or 512; 2: Q5_K; 4: Q4_K); AVX2, and
@@ -250,7 +265,7 @@ def _w32_4x2(wide, mins):
             return None
 
         def codegen(context, builder, sig, args):
-            (w0, dsc0, msc0, x_, xd_, px_, out0), (xo0, bo0, xs_), (n_quads, n_cols), n_w = _w4x2_args(context, builder, sig, args)
+            (w0, dsc0, msc0, x_, xd_, px_, out0), (xo0, bo0, xs_), (n_quads, n_pairs, stride), n_w = _w4x2_args(context, builder, sig, args)
             c = lambda v: ir.Constant(I64, v)  # noqa: E731
             k = builder.udiv(n_w, builder.mul(n_quads, c(4)))
             groups = lambda v: builder.udiv(builder.add(v, c(511)), c(512))  # noqa: E731
@@ -268,8 +283,8 @@ def _w32_4x2(wide, mins):
                 state["w"] = builder.gep(w0, [builder.mul(q, builder.mul(k, c(4)))])
                 state["d"] = builder.gep(dsc0, [builder.mul(q, builder.mul(nbk, c(4)))])
                 state["m"] = builder.gep(msc0, [builder.mul(q, builder.mul(nbk, c(4)))])
-                state["out"] = builder.gep(out0, [builder.mul(q, n_cols)])
-                _loop(builder, builder.udiv(n_cols, c(8)), [], token_pair)
+                state["out"] = builder.gep(out0, [builder.mul(q, c(4))])
+                _loop(builder, n_pairs, [], token_pair)
                 return []
 
             def token_pair(j, _):
@@ -319,7 +334,7 @@ def _w32_4x2(wide, mins):
                         finals.setdefault(key, []).append(acc)
 
                 sums = [_fold16(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]
-                _add_sums(builder, state["out"], j, _sum8x8(builder, sums))
+                _add_sums(builder, state["out"], stride, j, _sum8x8(builder, sums))
                 return []
 
             _loop(builder, n_quads, [], quad)
