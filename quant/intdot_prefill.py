@@ -31,24 +31,23 @@ def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g):
     One call for many rows: a call per row (four sliced arrays, their reference counts) cost as much as
     unpacking it."""
     nbytes = (Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES)[kind]
-    lanes = 16 // g
     for i in range(n_out):
         row = rows[r0 + min(i, nr - 1)]
-        for b in range(su * g):
-            o, j = (g * u0 + b) * nbytes, i * su * g + b
-            y = BLOCK * (j - j % g) + 2 * lanes * (j % g)   # the block's first slot in its group
-            prefetch_block(row, o, nbytes)
+        for u in range(su):
+            o, j = g * (u0 + u) * nbytes, (i * su + u) * g   # the group's first block
+            for b in range(g):
+                prefetch_block(row, o + b * nbytes, nbytes)
             if kind == 2:
-                q6_k_unpack16(row, o, w16, y, dsc, j)
+                q6_k_unpack16(row, o, w16, BLOCK * j, dsc, j)
             elif kind == 1:
                 if g == 2:
-                    q5_k_unpack16_g2(row, o, w16, y, dsc, msc, j)
+                    q5_k_unpack16_g2(row, o, w16, BLOCK * j, dsc, msc, j)
                 else:
-                    q5_k_unpack16(row, o, w16, y, dsc, msc, j)
+                    q5_k_unpack16(row, o, w16, BLOCK * j, dsc, msc, j)
             elif g == 4:
-                q4_k_unpack16_g4(row, o, w16, y, dsc, msc, j)
+                q4_k_unpack16_g4(row, o, w16, BLOCK * j, dsc, msc, j)
             else:
-                q4_k_unpack16(row, o, w16, y, dsc, msc, j)
+                q4_k_unpack16(row, o, w16, BLOCK * j, dsc, msc, j)
 
 
 @njit

@@ -30,21 +30,24 @@ def _unpack_args(context, builder, sig, args):   # row, w16, dsc, msc data point
     return (*ptrs, *(_i64(builder, args[k]) for k in (1, 3, 6)))
 
 
-def _store_lanes(builder, wp, dp, y_, j_, d, s, v, lanes):
-    """A block's sub-block s (v: its 32 int16) into prefill's layout of 16/lanes blocks interleaved
-    (activations.slot_k; y_: the block's first slot): 2 lanes int16 a row of 32, rows 16/lanes s on; and, at
-    s = 0, its d on its lanes, dsc[lanes j:][:lanes] (16 lanes: dsc[j])."""
-    rows = 16 // lanes
-    if s == 0 and lanes == 16:   # one block a group: one d
-        builder.store(d, builder.gep(dp, [j_]))
-    elif s == 0:
-        _store_at(builder, dp, builder.mul(j_, ir.Constant(I64, lanes)), _splat(builder, d, lanes))
-    for k in range(rows):
-        piece = v if rows == 1 else builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 2 * lanes), list(range(2 * lanes * k, 2 * lanes * (k + 1)))))
-        _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * (rows * s + k))), piece)
+def _rows_of(builder, vs):
+    """Sub-block s of the g blocks of a group (vs: g <32 x i16>) -> the group's g rows of 32 int16 for it
+    (activations.slot_k: row k holds pairs 16/g k .. of each block, in block order): a g x g transpose of
+    pieces of 64/g bytes, in one (g = 2) or two (g = 4) rounds of two-input 128-bit lane shuffles."""
+    v8 = ir.VectorType(ir.IntType(64), 8)
+    q = [builder.bitcast(v, v8) for v in vs]
+    pick = lambda a, b, idx: builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, 8), idx))  # noqa: E731
+    lo, hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    if len(vs) == 2:
+        rows = [pick(q[0], q[1], lo), pick(q[0], q[1], hi)]
+    else:   # pieces 0, 1 then 2, 3 of blocks 0, 1 (and 2, 3), then rows of four
+        a, b = pick(q[0], q[1], [0, 1, 8, 9, 2, 3, 10, 11]), pick(q[0], q[1], [4, 5, 12, 13, 6, 7, 14, 15])
+        c, d = pick(q[2], q[3], [0, 1, 8, 9, 2, 3, 10, 11]), pick(q[2], q[3], [4, 5, 12, 13, 6, 7, 14, 15])
+        rows = [pick(a, c, lo), pick(a, c, hi), pick(b, d, lo), pick(b, d, hi)]
+    return [builder.bitcast(r, vs[0].type) for r in rows]
 
 
-def _k_unpack16(qh_at, qs_at, lanes):
+def _k_unpack16(qh_at, qs_at, nbytes, g):
     @intrinsic
     def k_unpack16(typingctx, row, o, w16, y, dsc, msc, j):
         if not _unpack_ok(row, o, w16, y, dsc, msc, j):
@@ -52,32 +55,48 @@ def _k_unpack16(qh_at, qs_at, lanes):
 
         def codegen(context, builder, sig, args):
             rp, wp, dp, mp, o_, y_, j_ = _unpack_args(context, builder, sig, args)
+            c = lambda v: ir.Constant(I64, v)  # noqa: E731
             v32i16 = ir.VectorType(I16, 32)
             splat = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
-            d, dmin = _half_pair(builder, rp, o_)
-            sc8, mn8 = _k_scales_mins(builder, rp, o_)
-            _store_at(builder, mp, builder.mul(j_, ir.Constant(I64, 8)), builder.fmul(_splat(builder, dmin), builder.uitofp(mn8, V8F)))
-            scales = builder.zext(sc8, ir.VectorType(I16, 8))
-            qh = None if qh_at is None else _load_at(builder, rp, builder.add(o_, ir.Constant(I64, qh_at)), V32I8)
-            for g in range(4):
-                v = _load_at(builder, rp, builder.add(o_, ir.Constant(I64, qs_at + 32 * g)), V32I8)
-                for half, q in enumerate((builder.and_(v, splat(15)), builder.lshr(v, splat(4)))):
-                    s = 2 * g + half
-                    if qh is not None:   # bit s of qh byte l is bit 4 of element l
-                        q = builder.or_(q, builder.shl(builder.and_(builder.lshr(qh, splat(s)), splat(1)), splat(4)))
-                    scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 32), [s] * 32))
-                    _store_lanes(builder, wp, dp, y_, j_, d, s, builder.mul(builder.zext(q, v32i16), scale), lanes)
+            lanes = 16 // g
+            blocks = []
+            for b in range(g):   # each block's d (on its lanes), mins, scales and fifth bits
+                ob, jb = builder.add(o_, c(nbytes * b)), builder.add(j_, c(b))
+                d, dmin = _half_pair(builder, rp, ob)
+                sc8, mn8 = _k_scales_mins(builder, rp, ob)
+                if g == 1:
+                    builder.store(d, builder.gep(dp, [jb]))
+                else:
+                    _store_at(builder, dp, builder.mul(jb, c(lanes)), _splat(builder, d, lanes))
+                _store_at(builder, mp, builder.mul(jb, c(8)), builder.fmul(_splat(builder, dmin), builder.uitofp(mn8, V8F)))
+                qh = None if qh_at is None else _load_at(builder, rp, builder.add(ob, c(qh_at)), V32I8)
+                blocks.append((ob, builder.zext(sc8, ir.VectorType(I16, 8)), qh))
+
+            def sub_block(b, s):   # scale[s] * q for the 32 weights of sub-block s of block b
+                ob, scales, qh = blocks[b]
+                v = _load_at(builder, rp, builder.add(ob, c(qs_at + 32 * (s // 2))), V32I8)
+                q = builder.and_(v, splat(15)) if s % 2 == 0 else builder.lshr(v, splat(4))
+                if qh is not None:   # bit s of qh byte l is bit 4 of element l
+                    q = builder.or_(q, builder.shl(builder.and_(builder.lshr(qh, splat(s)), splat(1)), splat(4)))
+                scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 32), [s] * 32))
+                return builder.mul(builder.zext(q, v32i16), scale)
+
+            for s in range(8):
+                rows = [sub_block(0, s)] if g == 1 else _rows_of(builder, [sub_block(b, s) for b in range(g)])
+                for k, r in enumerate(rows):
+                    _store_at(builder, wp, builder.add(y_, c(32 * (g * s + k))), r)
             return context.get_dummy_value()
 
         return types.none(row, o, w16, y, dsc, msc, j), codegen
     return k_unpack16
 
 
-# scale[s] * q (int16) for the 256 weights of the Q4_K block row[o:o+144] (Q5_K: row[o:o+176], q with its fifth
-# bit) into prefill's layout from w16[y] (_store_lanes: 16 lanes, one block a group; 4: Q4_K four blocks a group;
-# 8: Q5_K two), d on its lanes of dsc, msc[8 j + s] = dmin * min[s] (the scales and mins as simd._k_scales_mins)
-q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16, 16), _k_unpack16(16, 48, 16)
-q4_k_unpack16_g4, q5_k_unpack16_g2 = _k_unpack16(None, 16, 4), _k_unpack16(16, 48, 8)
+# scale[s] * q (int16) for the 256 weights of each of g Q4_K blocks from row[o:] (144 bytes each; Q5_K: 176, q with
+# its fifth bit) into a group of prefill's layout at w16[y] (activations.slot_k: g = 1; 4: Q4_K; 2: Q5_K), their
+# d to dsc[j:] (g > 1: on each of their 16/g lanes, from dsc[16/g j]), msc[8 (j + b) + s] = dmin * min[s] (the scales
+# and mins as simd._k_scales_mins)
+q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16, 144, 1), _k_unpack16(16, 48, 176, 1)
+q4_k_unpack16_g4, q5_k_unpack16_g2 = _k_unpack16(None, 16, 144, 4), _k_unpack16(16, 48, 176, 2)
 
 
 @intrinsic
