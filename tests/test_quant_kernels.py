@@ -187,7 +187,7 @@ def test_prefill_of_grouped_k_quants(ggml_type, k, monkeypatch):
     monkeypatch.setattr(qk, "SEG_BLOCKS", 4)
     w = random_tensor(ggml_type, (N, k), seed=41)
     want_g = {T.Q4_K: 4 if k % 1024 == 0 else 1, T.Q5_K: 2, T.Q6_K: 1}[ggml_type]
-    assert qk._prefill_scheme(w, False) == 256 * want_g
+    assert qk._prefill_scheme(w, False, 37) == 256 * want_g and qk._prefill_scheme(w, False, qk.GROUP_TOKENS - 1) == 256
     xs = (np.random.default_rng(42).standard_normal((37, k)) * np.random.default_rng(43).uniform(0.01, 100, (37, 1))).astype(np.float32)
     ref = xs.astype(np.float64) @ dequantize(w).astype(np.float64).T
     prefill = {}
