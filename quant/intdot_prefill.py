@@ -1,9 +1,10 @@
 """Prefill's integer products (kernels._int_matmul): the unpackers and the portable twins of
 simd_prefill.py's four-by-two kernels, and the njit functions whose addresses the drivers take.
 
-K-quants (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type> turns a row into int16 weights times their sub-block
-scales once, then w16_4x2[_avx2|_avx512] (simd_prefill.w16_4x2[_512]) takes the dot products of four such
-rows with two tokens' q16 at a time (pmaddwd), the lanes-then-float32 scheme of intdot.py; Q4_K's and
+K-quants (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type>[_g1] turns a row into int16 weights times their sub-block
+scales once, g blocks interleaved (activations.slot_k), then w16_4x2[_g<g>]_<path> (simd_prefill.W16_4X2[_512])
+takes the dot products of four such rows with two (AVX-512, g > 1: four) tokens' q16 at a time (pmaddwd,
+vpdpwssd), the lanes-then-float32 scheme of intdot.py; Q4_K's and
 Q5_K's mins in a kernel of their own (mins_*: simd_prefill.mins_rows, fused multiply-adds in 8 or 16 lanes,
 tokens along, where inside the four-by-two kernel they took 8 lanes of row-by-token products and ~12% of the
 time). Its rounding differs from decode's by ~1e-7.
@@ -17,8 +18,10 @@ from .activations import group32, slot32
 from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES
 from .jit import njit
 from .simd import prefetch_block
-from .simd_prefill import (B32_BYTES, fma32, mins_rows8, mins_rows16, q4_0_unpack16, q4_1_unpack16, q4_k_unpack16, q5_0_unpack16, q5_1_unpack16,
-                           q4_k_unpack16_g4, q5_k_unpack16, q5_k_unpack16_g2, q6_k_unpack16, q8_0_unpack16, W16_4X2, W16_4X2_512, w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
+from .simd_prefill import (W16_4X2, W16_4X2_512, fma32, mins_rows8, mins_rows16, q4_k_unpack16, q4_k_unpack16_g4,
+                           q5_k_unpack16, q5_k_unpack16_g2, q6_k_unpack16)
+from .simd_prefill32 import (B32_BYTES, q4_0_unpack16, q4_1_unpack16, q5_0_unpack16, q5_1_unpack16, q8_0_unpack16,
+                             w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
 
 
 # --- K-quants: each row unpacked once to int16, then one dot product per token ---
