@@ -179,11 +179,12 @@ TOKENS_PAD = 16   # pxt's tokens, padded with zeros: the mins kernel takes vecto
 def quantize_prefill(x: np.ndarray, g: int = 1):
     """x (T, K) float32 contiguous, K % (256 g) == 0 -> the d and q16 of quantize_activations in prefill's layout:
     d f32 by lane for g > 1, (T, 16 K / (256 g)) (a block's d on each of its 16/g lanes), else (T, K/256), q16 (T, K) int16 with g blocks
-    interleaved (slot_k; cache-line aligned); pxt (K/32, T rounded up to TOKENS_PAD) f32: the sums of q16 over
+    interleaved (slot_k; cache-line aligned); pxt (K/32, T rounded up to TOKENS_PAD, + TOKENS_PAD) f32: the sums of q16 over
     each 32 times d, in K's order, tokens along (the mins kernel's layout), zero past T."""
     t, k = x.shape
     d, q16 = np.empty((t, (16 if g > 1 else 1) * k // (BLOCK * g)), np.float32), aligned_int16(t * k).reshape(t, k)
-    pxt = np.zeros((k // 32, -(-t // TOKENS_PAD) * TOKENS_PAD), np.float32)
+    # one more vector of columns: a row stride of 2^n floats put the mins kernel's rows in a few L1 sets
+    pxt = np.zeros((k // 32, -(-t // TOKENS_PAD) * TOKENS_PAD + TOKENS_PAD), np.float32)
     _quantize_prefill(x, d, q16, pxt, g)
     return d, q16, pxt
 

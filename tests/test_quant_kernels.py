@@ -294,7 +294,7 @@ def test_prefill_quantization_matches_decode_quantization(g):
     """activations.quantize_prefill (tokens in parallel): the d and q16 of quantize_activations in prefill's
     layout of g blocks a group (pair p of block i at pair 16 (p // (16/g)) + 16/g i + p % (16/g) of its group;
     d on each of the block's 16/g lanes, for g = 1 once), pxt the sums of q16 over each 32 times d, tokens along and
-    zero-padded to 16 of them, q16 on a cache line."""
+    zero-padded to 16 of them and 16 more (the row stride off a power of two), q16 on a cache line."""
     from quant.activations import quantize_activations, quantize_prefill
     rng = np.random.default_rng(16)
     x = (rng.standard_normal((5, 8 * 256)) * rng.uniform(1e-3, 1e3, (5, 1))).astype(np.float32)
@@ -305,7 +305,7 @@ def test_prefill_quantization_matches_decode_quantization(g):
     np.testing.assert_array_equal(d, np.repeat(d_ref, lanes, axis=1) if g > 1 else d_ref)
     pairs = q16_ref.reshape(5, 8 // g, g, 8 * g, lanes, 2)   # (token, group, block, row, lane, 2)
     np.testing.assert_array_equal(q16.reshape(5, 8 // g, 8 * g, g, lanes, 2), pairs.transpose(0, 1, 3, 2, 4, 5))
-    assert pxt.shape == (8 * 8, 16) and not pxt[:, 5:].any()
+    assert pxt.shape == (8 * 8, 32) and not pxt[:, 5:].any()
     np.testing.assert_array_equal(pxt[:, :5].T, (bsums[:, 0::2] + bsums[:, 1::2]).astype(np.float32) * np.repeat(d_ref, 8, axis=1))
     assert q16.ctypes.data % 64 == 0
 
