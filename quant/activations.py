@@ -58,20 +58,20 @@ def quantize_reference(x: np.ndarray):
 
 
 @njit(inline="always")
-def _block_scale(bits, y, n):
-    """Of x[y:y + n] (as bits): d = max|x| / QMAX and 1 / d (0 for an all-zero block). max |x| is the largest
+def _block_scale(bits, y, n, qmax=QMAX):
+    """Of x[y:y + n] (as bits): d = max|x| / qmax and 1 / d (0 for an all-zero block). max |x| is the largest
     magnitude bit pattern: an integer max, which LLVM vectorizes (a float max reduction is not reordered
     without fast-math)."""
     m = np.uint32(0)
     for i in range(y, y + n):
         m = max(m, bits[i] & np.uint32(0x7FFFFFFF))
     amax = u32_as_f32(m)
-    return amax / np.float32(QMAX), (np.float32(QMAX) / amax if amax > 0 else np.float32(0))
+    return amax / np.float32(qmax), (np.float32(qmax) / amax if amax > 0 else np.float32(0))
 
 
 @njit(inline="always")
-def _round(v, inv):
-    return min(max(np.int32(np.rint(v * inv)), -QMAX), QMAX)
+def _round(v, inv, qmax=QMAX):
+    return min(max(np.int32(np.rint(v * inv)), -qmax), qmax)
 
 
 @njit
@@ -137,34 +137,34 @@ def _interleave(src, dst, lanes):
 
 
 @njit(inline="always")
-def _round_block(x, b, inv, db, out, y, px):
+def _round_block(x, b, inv, db, out, y, px, qmax):
     """Block b of x rounded to out[y:y + 256], px[8 b + j] = db * the sum of its 32 j .. 32 j + 31."""
     for j in range(8):
         s = np.int32(0)
         for e in range(32 * j, 32 * j + 32):
-            q = _round(x[b * BLOCK + e], inv)
+            q = _round(x[b * BLOCK + e], inv, qmax)
             out[y + e] = q
             s += q
         px[8 * b + j] = np.float32(s) * db
 
 
 @njit_parallel
-def _quantize_prefill(x, d, q16, pxt, g):
+def _quantize_prefill(x, d, q16, pxt, g, qmax):
     lanes = 16 // g
     for t in prange(x.shape[0]):
         bits = x[t].view(np.uint32)
         tmp = np.empty(BLOCK * g, np.int16)
         for b in range(x.shape[1] // BLOCK):
-            db, inv = _block_scale(bits, b * BLOCK, BLOCK)
+            db, inv = _block_scale(bits, b * BLOCK, BLOCK, qmax)
             if g == 1:   # one block a group: one d
                 d[t, b] = db
             else:   # the block's d on each of its lanes
                 for lane in range(lanes):
                     d[t, 16 * (b // g) + lanes * (b % g) + lane] = db
             if g == 1:
-                _round_block(x[t], b, inv, db, q16[t], b * BLOCK, pxt[:, t])
+                _round_block(x[t], b, inv, db, q16[t], b * BLOCK, pxt[:, t], qmax)
             else:
-                _round_block(x[t], b, inv, db, tmp, (b % g) * BLOCK, pxt[:, t])
+                _round_block(x[t], b, inv, db, tmp, (b % g) * BLOCK, pxt[:, t], qmax)
             if g > 1 and b % g == g - 1:   # the group's blocks are in tmp: to their slots
                 group = q16[t, BLOCK * (b - g + 1):BLOCK * (b + 1)]
                 if g == 4:
@@ -176,8 +176,12 @@ def _quantize_prefill(x, d, q16, pxt, g):
 TOKENS_PAD = 16   # pxt's tokens, padded with zeros: the mins kernel takes vectors of 16 (AVX2: 8)
 
 
-def quantize_prefill(x: np.ndarray, g: int = 1):
-    """x (T, K) float32 contiguous, K % (256 g) == 0 -> the d and q16 of quantize_activations in prefill's layout:
+QMAX14 = 8191   # 14-bit activations: int32 lanes then hold 64 products of Q6_K's |w16| <= 4096 (2^12 * 8191 * 64 < 2^31)
+
+
+def quantize_prefill(x: np.ndarray, g: int = 1, qmax: int = QMAX):
+    """x (T, K) float32 contiguous, K % (256 g) == 0 -> the d and q16 of quantize_activations (with qmax: q16 in
+    [-qmax, qmax], d = max|x| / qmax) in prefill's layout:
     d f32 by lane for g > 1, (T, 16 K / (256 g)) (a block's d on each of its 16/g lanes), else (T, K/256), q16 (T, K) int16 with g blocks
     interleaved (slot_k; cache-line aligned); pxt (K/32, T rounded up to TOKENS_PAD, + TOKENS_PAD) f32: the sums of q16 over
     each 32 times d, in K's order, tokens along (the mins kernel's layout), zero past T."""
@@ -185,7 +189,7 @@ def quantize_prefill(x: np.ndarray, g: int = 1):
     d, q16 = np.empty((t, (16 if g > 1 else 1) * k // (BLOCK * g)), np.float32), aligned_int16(t * k).reshape(t, k)
     # one more vector of columns: a row stride of 2^n floats put the mins kernel's rows in a few L1 sets
     pxt = np.zeros((k // 32, -(-t // TOKENS_PAD) * TOKENS_PAD + TOKENS_PAD), np.float32)
-    _quantize_prefill(x, d, q16, pxt, g)
+    _quantize_prefill(x, d, q16, pxt, g, qmax)
     return d, q16, pxt
 
 

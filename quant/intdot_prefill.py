@@ -19,7 +19,7 @@ from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES
 from .jit import njit
 from .simd import prefetch_block
 from .simd_prefill import (W16_4X2, W16_4X2_512, fma32, mins_rows8, mins_rows16, q4_k_unpack16, q4_k_unpack16_g4,
-                           q5_k_unpack16, q5_k_unpack16_g2, q6_k_unpack16)
+                           q5_k_unpack16, q5_k_unpack16_g2, q6_k_unpack16, q6_k_unpack16_g4)
 from .simd_prefill32 import (B32_BYTES, q4_0_unpack16, q4_1_unpack16, q5_0_unpack16, q5_1_unpack16, q8_0_unpack16,
                              w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
 
@@ -41,7 +41,10 @@ def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g):
             for b in range(g):
                 prefetch_block(row, o + b * nbytes, nbytes)
             if kind == 2:
-                q6_k_unpack16(row, o, w16, BLOCK * j, dsc, j)
+                if g == 4:
+                    q6_k_unpack16_g4(row, o, w16, BLOCK * j, dsc, j)
+                else:
+                    q6_k_unpack16(row, o, w16, BLOCK * j, dsc, j)
             elif kind == 1:
                 if g == 2:
                     q5_k_unpack16_g2(row, o, w16, BLOCK * j, dsc, msc, j)
@@ -76,6 +79,11 @@ def unpack_q5_k_g1(rows, r0, nr, n_out, u0, su, w16, dsc, msc):   # K no multipl
 @njit
 def unpack_q6_k(rows, r0, nr, n_out, u0, su, w16, dsc, msc):
     k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 2, 1)
+
+
+@njit
+def unpack_q6_k_g4(rows, r0, nr, n_out, u0, su, w16, dsc, msc):   # four blocks a group, for 14-bit activations
+    k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 2, 4)
 
 
 @njit(inline="always")

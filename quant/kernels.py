@@ -15,7 +15,7 @@ from numba import get_num_threads, prange, types
 from gguf import GGMLQuantizationType as T
 
 from . import intdot, intdot_prefill
-from .activations import TOKENS_PAD, aligned_int16, quantize_activations, quantize_activations32, quantize_prefill, quantize_prefill32
+from .activations import QMAX, QMAX14, TOKENS_PAD, aligned_int16, quantize_activations, quantize_activations32, quantize_prefill, quantize_prefill32
 from .formats import FORMATS
 from .jit import (DEQUANT_SIG, DOT16_SIG, DOT16T_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, MINS_SIG, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
                   blas_threads, kernel_address, njit, njit_parallel, pointer_call)
@@ -182,7 +182,8 @@ _DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_a
 # per path, K-quants (the types in neither this nor _UNPACK32 dequantize for BLAS); Q4_K's and Q5_K's mins in
 # a kernel of their own
 _UNPACK = {T.Q4_K: {4: intdot_prefill.unpack_q4_k, 1: intdot_prefill.unpack_q4_k_g1},
-           T.Q5_K: {2: intdot_prefill.unpack_q5_k, 1: intdot_prefill.unpack_q5_k_g1}, T.Q6_K: {1: intdot_prefill.unpack_q6_k}}
+           T.Q5_K: {2: intdot_prefill.unpack_q5_k, 1: intdot_prefill.unpack_q5_k_g1},
+           T.Q6_K: {4: intdot_prefill.unpack_q6_k_g4, 1: intdot_prefill.unpack_q6_k}}
 _W4X2 = {1: {"portable": intdot_prefill.w16_4x2_portable, "avx2": intdot_prefill.w16_4x2_avx2, "avx512": intdot_prefill.w16_4x2_avx512},
          2: {"portable": intdot_prefill.w16_4x2_g2_portable, "avx2": intdot_prefill.w16_4x2_g2_avx2, "avx512": intdot_prefill.w16_4x2_g2_avx512},
          4: {"portable": intdot_prefill.w16_4x2_g4_portable, "avx2": intdot_prefill.w16_4x2_g4_avx2, "avx512": intdot_prefill.w16_4x2_g4_avx512}}
@@ -239,11 +240,11 @@ _SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, _dot16_tokens, quantiz
 
 
 @cache
-def _prefill_kernels(ggml_type: int, path: str, scheme: int):
+def _prefill_kernels(ggml_type: int, path: str, scheme: tuple):
     """(unpack, four-by-two kernel, mins kernel or 0) addresses for the layout scheme: Q4_K and Q5_K take the
     mins kernel after the four-by-two one; Q4_1 and Q5_1 the four-by-two kernel with their offsets in it."""
     if ggml_type in _UNPACK:
-        g = scheme // 256
+        g = scheme[0]
         unpack, dot4x2, mins = _UNPACK[ggml_type][g], _W4X2[g][path], (None if ggml_type == T.Q6_K else _MINS[path])
     else:
         unpack, dot4x2, mins = _UNPACK32[ggml_type], (_W32 if ggml_type in (T.Q4_1, T.Q5_1) else _W32_NOMINS)[path], None
@@ -251,14 +252,16 @@ def _prefill_kernels(ggml_type: int, path: str, scheme: int):
             0 if mins is None else kernel_address(mins, MINS_SIG))
 
 
-def _prefill_scheme(w: QuantizedTensor, exact: bool, n_tokens: int) -> int | None:
-    """Integer prefill's layout for w and n_tokens tokens (a _PREFILL key: 256 g for the K-quants, g blocks
-    interleaved, the most its type allows where K is a multiple of 256 g, from GROUP_TOKENS tokens on; B32 for
-    sixteen interleaved blocks of 32), None where it dequantizes for BLAS."""
+def _prefill_scheme(w: QuantizedTensor, exact: bool, n_tokens: int) -> tuple | None:
+    """Integer prefill's layout for w and n_tokens tokens (a _PREFILL key: (g, qmax) for the K-quants, g blocks
+    interleaved, the most its type allows where K is a multiple of 256 g, from GROUP_TOKENS tokens on, and the
+    activations' range (Q6_K's groups of four take 14-bit activations); B32 for sixteen interleaved blocks of
+    32), None where it dequantizes for BLAS."""
     if exact:
         return None
     if w.ggml_type in _UNPACK:
-        return max(256 * g for g in _UNPACK[w.ggml_type] if w.shape[1] % (256 * g) == 0 and (g == 1 or n_tokens >= GROUP_TOKENS))
+        g = max(g for g in _UNPACK[w.ggml_type] if w.shape[1] % (256 * g) == 0 and (g == 1 or n_tokens >= GROUP_TOKENS))
+        return (g, QMAX14 if w.ggml_type == T.Q6_K and g > 1 else QMAX)
     return B32 if w.ggml_type in _UNPACK32 else None
 
 
@@ -433,12 +436,13 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
 
 # Integer prefill layouts (_prefill_scheme): the tokens' quantizer, and per unit of the layout its elements,
 # weight scales and mins (the _w16_rows arguments)
-B32 = 32   # the key of the 32-block types' layout
-_PREFILL = {**{256 * g: (partial(quantize_prefill, g=g), 256 * g, 16 if g > 1 else 1, 8 * g) for g in (1, 2, 4)},
+B32 = (32, QMAX)   # the key of the 32-block types' layout
+_PREFILL = {**{(g, q): (partial(quantize_prefill, g=g, qmax=q), 256 * g, 16 if g > 1 else 1, 8 * g)
+               for g, q in ((1, QMAX), (2, QMAX), (4, QMAX), (4, QMAX14))},
             B32: (quantize_prefill32, 512, 16, 16)}
 
 
-def _prefill_activations(x: np.ndarray, scheme: int):
+def _prefill_activations(x: np.ndarray, scheme: tuple):
     """(T, K) -> (T, acts) for _int_matmul: acts = the scheme's quantizer on x, with a zero token after an odd
     count (the kernels take tokens two at a time; its results are dropped)."""
     n_t = x.shape[0]
@@ -447,7 +451,7 @@ def _prefill_activations(x: np.ndarray, scheme: int):
     return n_t, _PREFILL[scheme][0](x)
 
 
-def _int_matmul(w: QuantizedTensor, acts, scheme: int) -> np.ndarray:
+def _int_matmul(w: QuantizedTensor, acts, scheme: tuple) -> np.ndarray:
     """Integer dot products, for a tile of tokens at a time (_w16_rows); K by segments of SEG_BLOCKS x 256
     weights in either layout."""
     n_t, (xd, q16, px) = acts

@@ -49,6 +49,23 @@ def _rows_of(builder, vs):
     return [builder.bitcast(r, vs[0].type) for r in rows]
 
 
+def _write_group(builder, wp, dp, y_, j_, ds, sub_block):
+    """Prefill's layout for a group of g = len(ds) blocks (activations.slot_k) from w16[y_]: sub_block(b, s) gives
+    sub-block s (< 8) of block b as <32 x i16>; their d (ds) to dsc[j_:] (g > 1: on each of their 16/g lanes,
+    from dsc[16/g j_])."""
+    g, c = len(ds), (lambda v: ir.Constant(I64, v))
+    for b, d in enumerate(ds):
+        jb = builder.add(j_, c(b))
+        if g == 1:
+            builder.store(d, builder.gep(dp, [jb]))
+        else:
+            _store_at(builder, dp, builder.mul(jb, c(16 // g)), _splat(builder, d, 16 // g))
+    for s in range(8):
+        rows = [sub_block(0, s)] if g == 1 else _rows_of(builder, [sub_block(b, s) for b in range(g)])
+        for k, r in enumerate(rows):
+            _store_at(builder, wp, builder.add(y_, c(32 * (g * s + k))), r)
+
+
 def _k_unpack16(qh_at, qs_at, nbytes, g):
     @intrinsic
     def k_unpack16(typingctx, row, o, w16, y, dsc, msc, j):
@@ -60,19 +77,15 @@ def _k_unpack16(qh_at, qs_at, nbytes, g):
             c = lambda v: ir.Constant(I64, v)  # noqa: E731
             v32i16 = ir.VectorType(I16, 32)
             splat = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
-            lanes = 16 // g
-            blocks = []
-            for b in range(g):   # each block's d (on its lanes), mins, scales and fifth bits
-                ob, jb = builder.add(o_, c(nbytes * b)), builder.add(j_, c(b))
+            blocks, ds = [], []
+            for b in range(g):   # each block's d, mins, scales and fifth bits
+                ob = builder.add(o_, c(nbytes * b))
                 d, dmin = _half_pair(builder, rp, ob)
                 sc8, mn8 = _k_scales_mins(builder, rp, ob)
-                if g == 1:
-                    builder.store(d, builder.gep(dp, [jb]))
-                else:
-                    _store_at(builder, dp, builder.mul(jb, c(lanes)), _splat(builder, d, lanes))
-                _store_at(builder, mp, builder.mul(jb, c(8)), builder.fmul(_splat(builder, dmin), builder.uitofp(mn8, V8F)))
+                _store_at(builder, mp, builder.mul(builder.add(j_, c(b)), c(8)), builder.fmul(_splat(builder, dmin), builder.uitofp(mn8, V8F)))
                 qh = None if qh_at is None else _load_at(builder, rp, builder.add(ob, c(qh_at)), V32I8)
                 blocks.append((ob, builder.zext(sc8, ir.VectorType(I16, 8)), qh))
+                ds.append(d)
 
             def sub_block(b, s):   # scale[s] * q for the 32 weights of sub-block s of block b
                 ob, scales, qh = blocks[b]
@@ -83,10 +96,7 @@ def _k_unpack16(qh_at, qs_at, nbytes, g):
                 scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 32), [s] * 32))
                 return builder.mul(builder.zext(q, v32i16), scale)
 
-            for s in range(8):
-                rows = [sub_block(0, s)] if g == 1 else _rows_of(builder, [sub_block(b, s) for b in range(g)])
-                for k, r in enumerate(rows):
-                    _store_at(builder, wp, builder.add(y_, c(32 * (g * s + k))), r)
+            _write_group(builder, wp, dp, y_, j_, ds, sub_block)
             return context.get_dummy_value()
 
         return types.none(row, o, w16, y, dsc, msc, j), codegen
@@ -95,35 +105,42 @@ def _k_unpack16(qh_at, qs_at, nbytes, g):
 
 # scale[s] * q (int16) for the 256 weights of each of g Q4_K blocks from row[o:] (144 bytes each; Q5_K: 176, q with
 # its fifth bit) into a group of prefill's layout at w16[y] (activations.slot_k: g = 1; 4: Q4_K; 2: Q5_K), their
-# d to dsc[j:] (g > 1: on each of their 16/g lanes, from dsc[16/g j]), msc[8 (j + b) + s] = dmin * min[s] (the scales
-# and mins as simd._k_scales_mins)
+# d to dsc (_write_group), msc[8 (j + b) + s] = dmin * min[s] (the scales and mins as simd._k_scales_mins)
 q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16, 144, 1), _k_unpack16(16, 48, 176, 1)
 q4_k_unpack16_g4, q5_k_unpack16_g2 = _k_unpack16(None, 16, 144, 4), _k_unpack16(16, 48, 176, 2)
 
 
-@intrinsic
-def q6_k_unpack16(typingctx, row, o, w16, y, dsc, j):
-    """w16[y + e] = scale[e // 16] * (u - 32) (int16) for the 256 weights of the Q6_K block row[o:o+210], dsc[j] = d."""
-    if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and all(isinstance(t, types.Integer) for t in (o, y, j))):
-        return None
+def _q6_k_unpack16(g):
+    @intrinsic
+    def q6_k_unpack16(typingctx, row, o, w16, y, dsc, j):
+        """scale[e // 16] * (u - 32) (int16) for the 256 weights of each of g Q6_K blocks from row[o:] (210 bytes
+        each) into a group of prefill's layout at w16[y], their d to dsc (_write_group)."""
+        if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and all(isinstance(t, types.Integer) for t in (o, y, j))):
+            return None
 
-    def codegen(context, builder, sig, args):
-        rp, wp, dp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4))
-        o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[5])
-        builder.store(_half_pair(builder, rp, builder.add(o_, ir.Constant(I64, 206)))[1], builder.gep(dp, [j_]))   # d: bytes 208-209
-        at = lambda k: builder.add(o_, ir.Constant(I64, k))  # noqa: E731
-        v32i16 = ir.VectorType(I16, 32)
-        scales = builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16)
-        for h in range(2):
-            for col, q in enumerate(_q6_k_quants(builder, rp, at, h)):
-                sj = 8 * h + 2 * col
-                scale = builder.shuffle_vector(scales, ir.Constant(V16I16, None),
-                                               ir.Constant(ir.VectorType(I32, 32), [sj] * 16 + [sj + 1] * 16))
-                signed = builder.sub(builder.zext(q, v32i16), ir.Constant(v32i16, [32] * 32))
-                _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 128 * h + 32 * col)), builder.mul(signed, scale))
-        return context.get_dummy_value()
+        def codegen(context, builder, sig, args):
+            rp, wp, dp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4))
+            o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[5])
+            v32i16 = ir.VectorType(I16, 32)
+            ats = [lambda k, b=b: builder.add(o_, ir.Constant(I64, 210 * b + k)) for b in range(g)]
+            ds = [_half_pair(builder, rp, at(206))[1] for at in ats]   # d: bytes 208-209
+            scales = [builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16) for at in ats]
 
-    return types.none(row, o, w16, y, dsc, j), codegen
+            def sub_block(b, s):   # elements 32 s .. 32 s + 31: half s // 4, column s % 4; scales 2 s, 2 s + 1
+                q = _q6_k_quants(builder, rp, ats[b], s // 4)[s % 4]
+                scale = builder.shuffle_vector(scales[b], ir.Constant(V16I16, None),
+                                               ir.Constant(ir.VectorType(I32, 32), [2 * s] * 16 + [2 * s + 1] * 16))
+                return builder.mul(builder.sub(builder.zext(q, v32i16), ir.Constant(v32i16, [32] * 32)), scale)
+
+            _write_group(builder, wp, dp, y_, j_, ds, sub_block)
+            return context.get_dummy_value()
+
+        return types.none(row, o, w16, y, dsc, j), codegen
+    return q6_k_unpack16
+
+
+# g = 4: with 14-bit activations (activations.quantize_prefill's qmax), where 64 products of |w16| <= 4096 fit int32
+q6_k_unpack16, q6_k_unpack16_g4 = _q6_k_unpack16(1), _q6_k_unpack16(4)
 
 
 def _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):   # the argument types of the four-by-two kernels

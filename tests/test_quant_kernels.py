@@ -179,15 +179,16 @@ def test_prefill_of_32_blocks(ggml_type, k, monkeypatch):
 @pytest.mark.parametrize("ggml_type", list(_UNPACK), ids=lambda t: t.name)
 def test_prefill_of_grouped_k_quants(ggml_type, k, monkeypatch):
     """K-quant prefill with blocks interleaved (Q4_K four a group where K % 1024 == 0, else one; Q5_K two where
-    K % 512 == 0): close to float64, the same bits on every path, over several token tiles, row blocks and
-    segments of K; the layout _prefill_scheme picks."""
+    K % 512 == 0; Q6_K four, with 14-bit activations, where K % 1024 == 0): close to float64, the same bits on
+    every path, over several token tiles, row blocks and segments of K; the layout _prefill_scheme picks."""
     import quant.kernels as qk
     from quant.simd import HAS_AVX2, HAS_AVX512
     monkeypatch.setattr(qk, "TILE_BYTES", 1 << 14)
     monkeypatch.setattr(qk, "SEG_BLOCKS", 4)
     w = random_tensor(ggml_type, (N, k), seed=41)
-    want_g = {T.Q4_K: 4 if k % 1024 == 0 else 1, T.Q5_K: 2, T.Q6_K: 1}[ggml_type]
-    assert qk._prefill_scheme(w, False, 37) == 256 * want_g and qk._prefill_scheme(w, False, qk.GROUP_TOKENS - 1) == 256
+    want_g = {T.Q4_K: 4 if k % 1024 == 0 else 1, T.Q5_K: 2, T.Q6_K: 4 if k % 1024 == 0 else 1}[ggml_type]
+    qmax = qk.QMAX14 if ggml_type == T.Q6_K and want_g > 1 else qk.QMAX
+    assert qk._prefill_scheme(w, False, 37) == (want_g, qmax) and qk._prefill_scheme(w, False, qk.GROUP_TOKENS - 1) == (1, qk.QMAX)
     xs = (np.random.default_rng(42).standard_normal((37, k)) * np.random.default_rng(43).uniform(0.01, 100, (37, 1))).astype(np.float32)
     ref = xs.astype(np.float64) @ dequantize(w).astype(np.float64).T
     prefill = {}
@@ -445,7 +446,7 @@ def test_second_process_compiles_nothing():
         matvec(random_tensor(ggml_type, (3, 96)), np.ones(96, np.float32))
         matmuls([random_tensor(ggml_type, (3, 96))] * 2, np.ones((1, 96), np.float32))
     matmuls([random_tensor(T.Q4_K, (3, K))] * 2, np.ones((1, K), np.float32))
-    for ggml_type in (T.Q4_K, T.Q5_K):   # K = 1024: the layouts of four and two blocks a group
+    for ggml_type in (T.Q4_K, T.Q5_K, T.Q6_K):   # K = 1024: the layouts of four and two blocks a group
         matmul(random_tensor(ggml_type, (3, 1024)), np.ones((24, 1024), np.float32))
     script = """if True:
         import numpy as np
@@ -458,7 +459,7 @@ def test_second_process_compiles_nothing():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
             matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((24, 768), np.float32)); matmul(w, np.ones((2, 768), np.float32))
             matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((24, 768), np.float32), exact=True)
-        for t in (12, 13):   # Q4_K, Q5_K at K = 1024: four and two blocks a group
+        for t in (12, 13, 14):   # Q4_K, Q5_K, Q6_K at K = 1024: four, two and four blocks a group
             w = QuantizedTensor("w", t, (3, 1024), np.zeros((3, 4 * FORMATS[t].BYTES), np.uint8))
             matmul(w, np.ones((24, 1024), np.float32))
         for t in qk._DECODE32:   # K = 96: blocks of 32 only
