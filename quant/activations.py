@@ -11,7 +11,8 @@ so their chunks sit side by side); two int8 planes hi = (q16 + 128) >> 8, lo = q
 mins and the Q6_K offset of 32 use them).
 Why 16 bits and not llama.cpp's 8 (Q8_K): int8 activations cost ~0.7% relative error per dot
 product (random data), 16 bits ~3e-5, within the 1e-3 bar, for twice the (cache-resident)
-activation reads; weights, the memory-bound part, are read once either way.
+activation reads; weights, the memory-bound part, are read once either way. Prefill against Q6_K in
+groups of four blocks takes 14 bits (QMAX14, ~1e-4), so that int32 lanes hold 64 of its products.
 """
 import numpy as np
 

@@ -56,11 +56,10 @@ DOT16T_SIG = types.void(ROW, *(types.Array(a.dtype, 2, "C", readonly=True) for a
 # Integer decode of rows with blocks of 32 (intdot.dot32_*): dot(row, xd (K/32,) f32, q16 (K,) i16,
 # s32 (K/32,) i32) -> sum_k w[k] * x[k], x given by activations.quantize32
 DOT32_SIG = types.float64(ROW, VEC, types.Array(types.int16, 1, "C", readonly=True), types.Array(types.int32, 1, "C", readonly=True))
-# Prefill (intdot.py): unpack(rows, r0, nr, n_out, b0, sb, w16 i16, dsc f32, msc f32) (blocks b0 .. b0 + sb of
-# n_out rows from r0, the last of nr repeated: K = 256 sb below), then for four rows
-# (w16 (4QK,), dsc (4QK/256,), msc (4QK/32,)) and tokens t < out.shape[1] / 4 (q16 at xo + t xs, xd at
-# bo + t xs/256, px, the sums of x over each 32, at 8 (bo + t xs/256)): dot4x2(w16, dsc, msc, q16, xd, px,
-# xo, bo, xs, out (Q, 8 J) f64), out[q, 8 j + 2 r + t] += row 4 q + r . token 2 j + t
+# Prefill (intdot_prefill.py): unpack(rows, r0, nr, n_out, u0, su, w16 i16, dsc f32, msc f32) (units u0 .. u0 + su
+# of the layout, n_out rows from r0, the last of nr repeated), then for fours of rows (w16 (4QK,), their scales
+# dsc and msc) and tokens t < out.shape[0] (q16 at xo + t xs, their scales in xd and px from bo):
+# dot4x2(w16, dsc, msc, q16, xd, px, xo, bo, xs, out (T, 4 Q) f64), out[t, r] += row r . token t
 UNPACK16_SIG = types.void(ROWS, *(types.int64,) * 5, types.Array(types.int16, 1, "C"), OUT, OUT)
 W4X2_SIG = types.void(types.Array(types.int16, 1, "C"), OUT, OUT, types.Array(types.int16, 1, "C", readonly=True), VEC, VEC,
                       types.int64, types.int64, types.int64, types.Array(types.float64, 2, "C"))
