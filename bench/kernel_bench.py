@@ -21,15 +21,21 @@ from quant import QuantizedTensor, matvec  # noqa: E402
 TENSORS = ("blk.0.ffn_gate.weight", "blk.1.ffn_down.weight", "output.weight")
 
 
-def bench(label: str, w: QuantizedTensor, threads: int, reps: int) -> None:
-    numba.set_num_threads(threads)
-    x = np.random.default_rng(0).standard_normal(w.shape[1]).astype(np.float32)
-    matvec(w, x)
+def timed(fn, reps: int) -> list[float]:
+    """Seconds of reps calls of fn, after one untimed call (compilation, first touch of the pages)."""
+    fn()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
-        matvec(w, x)
+        fn()
         times.append(time.perf_counter() - t)
+    return times
+
+
+def bench(label: str, w: QuantizedTensor, threads: int, reps: int) -> None:
+    numba.set_num_threads(threads)
+    x = np.random.default_rng(0).standard_normal(w.shape[1]).astype(np.float32)
+    times = timed(lambda: matvec(w, x), reps)
     gb = w.data.nbytes / 1e9
     print(f"  {label:22s} {threads} thread(s): {gb / min(times):6.2f} GB/s best, {gb / np.median(times):6.2f} median")
 

@@ -7,7 +7,6 @@ depend on them). Best and median of the repetitions, each a full matmul (quantiz
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -16,6 +15,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gguf_runner  # noqa: E402
+from kernel_bench import timed  # noqa: E402  (bench/ is the script's directory)
 from quant import QuantizedTensor, matmul  # noqa: E402
 
 TENSORS = ("blk.0.ffn_gate.weight", "blk.0.attn_q.weight", "blk.1.ffn_down.weight", "blk.0.ffn_down.weight")
@@ -24,12 +24,7 @@ TENSORS = ("blk.0.ffn_gate.weight", "blk.0.attn_q.weight", "blk.1.ffn_down.weigh
 def bench(w: QuantizedTensor, n_tokens: int, threads: int, reps: int) -> None:
     numba.set_num_threads(threads)
     x = np.random.default_rng(0).standard_normal((n_tokens, w.shape[1])).astype(np.float32)
-    matmul(w, x)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        matmul(w, x)
-        times.append(time.perf_counter() - t)
+    times = timed(lambda: matmul(w, x), reps)
     g = w.shape[0] * w.shape[1] * n_tokens / 1e9
     print(f"  T={n_tokens:<4d} {threads} thread(s): {g / min(times):6.1f} GMAC/s best, {g / np.median(times):6.1f} median")
 
