@@ -225,7 +225,7 @@ def quantize_activations32(x: np.ndarray):
     return d, q16, s32
 
 
-# --- prefill of the 32-block types (kernels._int_matmul, layout 512): blocks interleaved sixteen at a time ---
+# --- prefill of the 32-block types (prefill._int_matmul, layout 512): blocks interleaved sixteen at a time ---
 
 @njit(inline="always")
 def group32(g, nb):

@@ -1,4 +1,4 @@
-"""Prefill's integer products (kernels._int_matmul): the unpackers and the portable twins of
+"""Prefill's integer products (prefill._int_matmul): the unpackers and the portable twins of
 simd_prefill.py's four-by-two kernels, and the njit functions whose addresses the drivers take.
 
 K-quants (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type>[_g1] turns a row into int16 weights times their sub-block

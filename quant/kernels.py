@@ -1,4 +1,5 @@
-"""Public ops on QuantizedTensor: matvec (decode), matmul (prefill), get_rows, dequantize.
+"""Public ops on QuantizedTensor: matvec (decode), matmul (prefill: the integer path in prefill.py), get_rows,
+dequantize.
 
 Each format module provides two row kernels (jit.DOT_SIG, jit.DEQUANT_SIG); the parallel drivers below
 take their addresses (jit.kernel_address, called through jit.pointer_call), so each driver is compiled
@@ -6,19 +7,19 @@ once for all types and everything stays in Numba's on-disk cache. Each output ro
 order, so results do not depend on the thread count.
 """
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache, partial
-from pathlib import Path
+from functools import cache
 
 import numpy as np
 from numba import get_num_threads, prange, types
 
 from gguf import GGMLQuantizationType as T
 
-from . import intdot, intdot_prefill
-from .activations import QMAX, QMAX14, TOKENS_PAD, aligned_int16, quantize_activations, quantize_activations32, quantize_prefill, quantize_prefill32
+from . import intdot
+from .activations import quantize_activations, quantize_activations32
 from .formats import FORMATS
-from .jit import (DEQUANT_SIG, DOT16_SIG, DOT16T_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, MINS_SIG, OUT, OUT2, ROWS, UNPACK16_SIG, VEC, W4X2_SIG,
-                  blas_threads, kernel_address, njit, njit_parallel, pointer_call)
+from .jit import (DEQUANT_SIG, DOT16_SIG, DOT16T_SIG, DOT32_SIG, DOT_SIG, IDS, KERNEL, OUT, OUT2, ROWS, VEC, blas_threads,
+                  kernel_address, njit, njit_parallel, pointer_call)
+from .prefill import _int_matmul, _prefill_activations, _prefill_scheme
 from .simd import HAS_AVX2, HAS_AVX512
 from .tensor import QuantizedTensor
 
@@ -26,8 +27,7 @@ TILE_FLOATS = 1 << 20  # matmul dequantizes rows into a float32 tile of at most 
 
 
 _call_dot, _call_dequant = pointer_call(DOT_SIG), pointer_call(DEQUANT_SIG)
-_call_dot16, _call_unpack16, _call_4x2 = pointer_call(DOT16_SIG), pointer_call(UNPACK16_SIG), pointer_call(W4X2_SIG)
-_call_dot32, _call_dots16, _call_mins = pointer_call(DOT32_SIG), pointer_call(DOT16T_SIG), pointer_call(MINS_SIG)
+_call_dot16, _call_dot32, _call_dots16 = pointer_call(DOT16_SIG), pointer_call(DOT32_SIG), pointer_call(DOT16T_SIG)
 
 
 @njit_parallel(types.void(KERNEL, ROWS, VEC, OUT))
@@ -113,50 +113,6 @@ def _dot32_rows3(k0, r0, o0, k1, r1, o1, k2, r2, o2, xd, q16, s32):
             o2[i - n0 - n1] = _call_dot32(k2, (r2[i - n0 - n1], xd, q16, s32))
 
 
-@njit_parallel(types.void(KERNEL, KERNEL, KERNEL, ROWS,
-                         types.Array(types.int16, 2, "C", readonly=True), *(types.Array(types.float32, 2, "C", readonly=True),) * 2,
-                         OUT2, *(types.int64,) * 6))
-def _w16_rows(unpack, dot4x2, mins, rows, x16, xd, px, out, block_rows, seg, unit, dper, mper, ldp):
-    """x16 (T, K) with T even, xd and px the tokens' scales -> out (T, N). K-quants (unit 256 g: g blocks
-    interleaved, dper 16 (g = 1: 1), mper 8 g): xd (T, dper per unit) by lane, px (K/32, ldp) (sums of q16 over each 32, times
-    xd); blocks of 32 (unit 512: 16 blocks interleaved, dper = mper = 16): xd and px (T, 16 per 512), K as
-    activations.interleave32 lays it out.
-    A thread takes block_rows rows at a time and goes along K by segments of seg units: it unpacks its rows'
-    segment (block_rows x seg unit int16, sized to stay in L2 beside the tokens' segment; dper and mper
-    scales per unit), then meets each four of them (the last row repeated to fill the last four; in L1)
-    with the tokens two at a time. A (row, token) sums its segments' results in float64, in order.
-    mins (Q4_K, Q5_K; else 0): px is then the tokens' sums by sub-block, tokens along (row stride ldp, from the
-    tile's first token), and the mins kernel takes them with msc after each segment, into accm; the result is
-    acc - accm."""
-    n_t, k = x16.shape
-    nb, n = -(-k // unit), rows.shape[0]   # the 32-block layout's last unit may be short
-    xf, df, pf = x16.reshape(x16.size), xd.reshape(xd.size), px.reshape(px.size)
-    n_m = -(-n_t // TOKENS_PAD) * TOKENS_PAD if mins else 0
-    for task in prange((n + block_rows - 1) // block_rows):
-        r0 = task * block_rows
-        nr = min(block_rows, n - r0)
-        nq = (nr + 3) // 4
-        w16 = aligned_int16(4 * nq * seg * unit)
-        dsc, msc = np.empty(4 * nq * seg * dper, np.float32), np.empty(4 * nq * seg * mper, np.float32)
-        acc = np.zeros((n_t, 4 * nq), np.float64)   # acc[t, i]: token t, row r0 + i
-        accm = np.zeros((4 * nq, n_m), np.float64)   # accm[r, t]: the mins of row r and token t
-        for b0 in range(0, nb, seg):
-            sb = min(seg, nb - b0)
-            ks = min(unit * sb, k - unit * b0)
-            _call_unpack16(unpack, (rows, r0, nr, 4 * nq, b0, sb, w16, dsc, msc))
-            _call_4x2(dot4x2, (w16[:4 * nq * ks], dsc[:4 * nq * sb * dper], msc[:4 * nq * sb * mper], xf, df, pf,
-                               unit * b0, dper * b0, k, acc))
-            if mins:
-                _call_mins(mins, (msc[:4 * nq * sb * mper], pf, mper * b0, ldp, accm))
-        for t in range(n_t):   # along out's rows: by columns, each write would take a cache line of its own
-            if mins:
-                for i in range(nr):
-                    out[t, r0 + i] = acc[t, i] - accm[i, t]
-            else:
-                for i in range(nr):
-                    out[t, r0 + i] = acc[t, i]
-
-
 # Decode path of types with integer kernels (intdot.py): "avx512", "avx2" or "portable", chosen once here
 # from the CPU's features; tests switch it to check that all paths agree. Q8_0's per-256 kernel has no AVX-512
 # version: AVX-512 CPUs run its AVX2 one.
@@ -178,46 +134,6 @@ _DECODE_TOKENS = {T.Q4_K: {"portable": intdot.dots_q4_k, "avx2": intdot.dots_q4_
 _DECODE32 = {T.Q4_0: {"portable": intdot.dot32_q4_0, "avx2": intdot.dot32_q4_0_avx2, "avx512": intdot.dot32_q4_0_avx512},
              T.Q4_1: {"portable": intdot.dot32_q4_1, "avx2": intdot.dot32_q4_1_avx2, "avx512": intdot.dot32_q4_1_avx512},
              T.Q8_0: {"portable": intdot.dot32_q8_0, "avx2": intdot.dot32_q8_0_avx2, "avx512": intdot.dot32_q8_0_avx512}}
-# Prefill's unpack (by blocks a group: as many as int32 lanes can sum, where K allows) and four-by-two kernel
-# per path, K-quants (the types in neither this nor _UNPACK32 dequantize for BLAS); Q4_K's and Q5_K's mins in
-# a kernel of their own
-_UNPACK = {T.Q4_K: {4: intdot_prefill.unpack_q4_k, 1: intdot_prefill.unpack_q4_k_g1},
-           T.Q5_K: {2: intdot_prefill.unpack_q5_k, 1: intdot_prefill.unpack_q5_k_g1},
-           T.Q6_K: {4: intdot_prefill.unpack_q6_k_g4, 1: intdot_prefill.unpack_q6_k}}
-_W4X2 = {1: {"portable": intdot_prefill.w16_4x2_portable, "avx2": intdot_prefill.w16_4x2_avx2, "avx512": intdot_prefill.w16_4x2_avx512},
-         2: {"portable": intdot_prefill.w16_4x2_g2_portable, "avx2": intdot_prefill.w16_4x2_g2_avx2, "avx512": intdot_prefill.w16_4x2_g2_avx512},
-         4: {"portable": intdot_prefill.w16_4x2_g4_portable, "avx2": intdot_prefill.w16_4x2_g4_avx2, "avx512": intdot_prefill.w16_4x2_g4_avx512}}
-_MINS = {"portable": intdot_prefill.mins_portable, "avx2": intdot_prefill.mins_avx2, "avx512": intdot_prefill.mins_avx512}
-
-
-# ... of the 32-block types (any K, a multiple of 32): sixteen blocks interleaved (intdot_prefill.unpack32_*, w32_4x2;
-# the mins kernel for Q4_1 and Q5_1)
-_UNPACK32 = {T.Q4_0: intdot_prefill.unpack32_q4_0, T.Q4_1: intdot_prefill.unpack32_q4_1, T.Q8_0: intdot_prefill.unpack32_q8_0,
-             T.Q5_0: intdot_prefill.unpack32_q5_0, T.Q5_1: intdot_prefill.unpack32_q5_1}
-_W32 = {"portable": intdot_prefill.w32_4x2_portable, "avx2": intdot_prefill.w32_4x2_avx2, "avx512": intdot_prefill.w32_4x2_avx512}   # Q4_1, Q5_1
-_W32_NOMINS = {"portable": intdot_prefill.w32_4x2_nomins_portable, "avx2": intdot_prefill.w32_4x2_nomins_avx2,
-               "avx512": intdot_prefill.w32_4x2_nomins_avx512}
-
-
-def _l2_bytes(default: int = 512 << 10) -> int:
-    """One core's L2 cache in bytes, from Linux's sysfs; default where it cannot be read."""
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    try:
-        for index in sorted(base.glob("index*")):
-            if (index / "level").read_text().strip() == "2":
-                size = (index / "size").read_text().strip().upper()
-                return int(size[:-1]) << {"K": 10, "M": 20}[size[-1]] if size[-1] in "KM" else int(size)
-    except (OSError, ValueError):
-        pass
-    return default
-
-
-# Prefill (_w16_rows): the tokens' activations for one segment of K fill half of L2, a thread's unpacked rows
-# a quarter (Mistral at T=512, Zen 5, 1 MiB L2: 128 tokens x 64 rows beat 64 x 64 and 256 x 32 by 5-15%).
-TILE_BYTES = _l2_bytes() // 2
-SEG_BLOCKS = 8   # K segment of the prefill kernels, in blocks of 256: 4 rows of int16 take 16 KiB of L1
-
-
 @cache
 def _int_kernel(ggml_type: int, path: str):
     return kernel_address(_DECODE[ggml_type][path], DOT16_SIG)
@@ -237,37 +153,6 @@ def _int_kernel32(ggml_type: int, path: str):
 # a few tokens, quantizer
 _SCHEMES = {256: (_int_kernel, _dot16_rows, _dot16_rows3, _dot16_tokens, quantize_activations),
             32: (_int_kernel32, _dot32_rows, _dot32_rows3, _dot32_tokens, quantize_activations32)}
-
-
-@cache
-def _prefill_kernels(ggml_type: int, path: str, scheme: tuple):
-    """(unpack, four-by-two kernel, mins kernel or 0) addresses for the layout scheme: Q4_K and Q5_K take the
-    mins kernel after the four-by-two one; Q4_1 and Q5_1 the four-by-two kernel with their offsets in it."""
-    if ggml_type in _UNPACK:
-        g = scheme[0]
-        unpack, dot4x2, mins = _UNPACK[ggml_type][g], _W4X2[g][path], (None if ggml_type == T.Q6_K else _MINS[path])
-    else:
-        unpack, dot4x2, mins = _UNPACK32[ggml_type], (_W32 if ggml_type in (T.Q4_1, T.Q5_1) else _W32_NOMINS)[path], None
-    return (kernel_address(unpack, UNPACK16_SIG), kernel_address(dot4x2, W4X2_SIG),
-            0 if mins is None else kernel_address(mins, MINS_SIG))
-
-
-def _prefill_scheme(w: QuantizedTensor, exact: bool, n_tokens: int) -> tuple | None:
-    """Integer prefill's layout for w and n_tokens tokens (a _PREFILL key: (g, qmax) for the K-quants, g blocks
-    interleaved, the most its type allows where K is a multiple of 256 g, from GROUP_TOKENS tokens on, and the
-    activations' range (Q6_K's groups of four take 14-bit activations); B32 for sixteen interleaved blocks of
-    32), None where it dequantizes for BLAS."""
-    if exact:
-        return None
-    if w.ggml_type in _UNPACK:
-        g = max(g for g in _UNPACK[w.ggml_type] if w.shape[1] % (256 * g) == 0 and (g == 1 or n_tokens >= GROUP_TOKENS))
-        return (g, QMAX14 if w.ggml_type == T.Q6_K and g > 1 else QMAX)
-    return B32 if w.ggml_type in _UNPACK32 else None
-
-
-# Below this many tokens a group of one block: its unpack is cheaper (Q4_K 5.3 against 6.8 ns a block), more than
-# the four-block kernel saves (14336 x 4096 Q4_K, 2 threads: T=6 2.36 against 2.51 ms, T=8 2.85 against 2.78)
-GROUP_TOKENS = 8
 
 
 @cache
@@ -370,7 +255,7 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
     schemes = [_prefill_scheme(w, exact, x.shape[0]) for w in ws]
     if x.shape[0] > 1 and None not in schemes:   # integer prefill: x quantized once per layout
         acts = {s: _prefill_activations(x, s) for s in set(schemes)}
-        return [_int_matmul(w, acts[s], s) for w, s in zip(ws, schemes)]
+        return [_int_matmul(w, acts[s], s, INT_PATH) for w, s in zip(ws, schemes)]
     schemes = {None if exact else _int_scheme(w) for w in ws}
     if x.shape[0] != 1 or len(ws) == 1 or schemes not in ({256}, {32}):
         return [matmul(w, x, exact) for w in ws]
@@ -398,7 +283,7 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
         return _tokens_matmul(w, _token_activations(_int_scheme(w), x))
     scheme = _prefill_scheme(w, exact, x.shape[0])
     if scheme is not None:
-        return _int_matmul(w, _prefill_activations(x, scheme), scheme)
+        return _int_matmul(w, _prefill_activations(x, scheme), scheme, INT_PATH)
     return _blas_matmul(w, x)
 
 
@@ -432,43 +317,6 @@ def _blas_matmul(w: QuantizedTensor, x: np.ndarray) -> np.ndarray:
         for f in [thread_pool(parts).submit(share, j) for j in range(parts)]:
             f.result()
     return out
-
-
-# Integer prefill layouts (_prefill_scheme): the tokens' quantizer, and per unit of the layout its elements,
-# weight scales and mins (the _w16_rows arguments)
-B32 = (32, QMAX)   # the key of the 32-block types' layout
-_PREFILL = {**{(g, q): (partial(quantize_prefill, g=g, qmax=q), 256 * g, 16 if g > 1 else 1, 8 * g)
-               for g, q in ((1, QMAX), (2, QMAX), (4, QMAX), (4, QMAX14))},
-            B32: (quantize_prefill32, 512, 16, 16)}
-
-
-def _prefill_activations(x: np.ndarray, scheme: tuple):
-    """(T, K) -> (T, acts) for _int_matmul: acts = the scheme's quantizer on x, with a zero token after an odd
-    count (the kernels take tokens two at a time; its results are dropped)."""
-    n_t = x.shape[0]
-    if n_t % 2:
-        x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])
-    return n_t, _PREFILL[scheme][0](x)
-
-
-def _int_matmul(w: QuantizedTensor, acts, scheme: tuple) -> np.ndarray:
-    """Integer dot products, for a tile of tokens at a time (_w16_rows); K by segments of SEG_BLOCKS x 256
-    weights in either layout."""
-    n_t, (xd, q16, px) = acts
-    _, unit, dper, mper = _PREFILL[scheme]
-    unpack, dot4x2, mins = _prefill_kernels(w.ggml_type, INT_PATH, scheme)
-    out = np.empty((q16.shape[0], w.shape[0]), np.float32)
-    seg = max(1, SEG_BLOCKS * 256 // unit)
-    seg_bytes = 2 * unit * min(seg, -(-q16.shape[1] // unit))
-    tile = max(TOKENS_PAD, TILE_BYTES // seg_bytes // TOKENS_PAD * TOKENS_PAD)
-    block_rows = max(16, TILE_BYTES // 2 // seg_bytes // 4 * 4)
-    for t0 in range(0, q16.shape[0], tile):   # each tile's results go straight to its rows of out
-        t1 = min(q16.shape[0], t0 + tile)
-        # K-quants: px (K/32, T padded) tokens along, the tile's from column t0 on; 32-block types: by token
-        tile_px = px[t0:t1] if scheme == B32 else px.reshape(-1)[t0:].reshape(1, -1)
-        _w16_rows(unpack, dot4x2, mins, w.data, q16[t0:t1], xd[t0:t1], tile_px, out[t0:t1], block_rows, seg, unit, dper, mper,
-                  px.shape[1])
-    return out[:n_t]
 
 
 def get_rows(w: QuantizedTensor, ids) -> np.ndarray:

@@ -17,7 +17,9 @@ from gguf import GGUFReader
 from quant import (SUPPORTED_TYPES, QuantizedTensor, UnsupportedTypeError, dequantize, get_rows,
                    matmul, matmuls, matvec)
 from quant.formats import FORMATS
-from quant.kernels import _DECODE as INT_KERNELS, _DECODE32, _DECODE_TOKENS, _UNPACK, _UNPACK32
+from quant.kernels import _DECODE as INT_KERNELS, _DECODE32, _DECODE_TOKENS
+import quant.prefill as pf
+from quant.prefill import _UNPACK, _UNPACK32
 
 K = 768  # a multiple of every block size (3 super-blocks)
 N = 37  # odd, so rows do not split evenly between threads
@@ -111,9 +113,8 @@ def test_matmul_in_several_tiles(monkeypatch):
 
 @pytest.mark.parametrize("ggml_type", list(INT_KERNELS), ids=lambda t: t.name)
 def test_integer_path_vs_float64(ggml_type, monkeypatch):
-    import quant.kernels as qk
-    monkeypatch.setattr(qk, "TILE_BYTES", 1 << 14)   # prefill: tiles of 16 tokens, blocks of 16 rows,
-    monkeypatch.setattr(qk, "SEG_BLOCKS", 2)         # K = 768 in two segments (512, 256)
+    monkeypatch.setattr(pf, "TILE_BYTES", 1 << 14)   # prefill: tiles of 16 tokens, blocks of 16 rows,
+    monkeypatch.setattr(pf, "SEG_BLOCKS", 2)         # K = 768 in two segments (512, 256)
     w = random_tensor(ggml_type, (N, K), seed=11)
     wf = dequantize(w).astype(np.float64)
     rng = np.random.default_rng(12)
@@ -124,7 +125,7 @@ def test_integer_path_vs_float64(ggml_type, monkeypatch):
         ys = matmul(w, xs)
         assert_close(ys, xs.astype(np.float64) @ wf.T, f"{ggml_type.name} matmul T={t}", rel=1e-3)
         if ggml_type not in _UNPACK:
-            continue   # Q8_0's prefill quantizes x per 32 (kernels._PREFILL 512), its decode per 256: checked above against float64
+            continue   # Q8_0's prefill quantizes x per 32 (prefill.B32), its decode per 256: checked above against float64
         # integer prefill (int16 weights x 16-bit activations) and decode (two int8 planes,
         # simd.q4_k_row) round differently, by about 1e-7 of the result
         decode = np.stack([matvec(w, v) for v in xs]).astype(np.float64)
@@ -157,12 +158,12 @@ def test_integer_path_of_32_blocks(ggml_type, k, monkeypatch):
 @pytest.mark.parametrize("k", [544, 576, 896, K])
 @pytest.mark.parametrize("ggml_type", list(_UNPACK32), ids=lambda t: t.name)
 def test_prefill_of_32_blocks(ggml_type, k, monkeypatch):
-    """Prefill of Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 (kernels._int_matmul, layout 512: sixteen blocks interleaved; a last group
+    """Prefill of Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 (prefill._int_matmul, layout 512: sixteen blocks interleaved; a last group
     of 1 block at K = 544, 2 at 576, 8 at 768 (K), 12 padded to 16 at 896): close to float64, the same bits on
     every path."""
     import quant.kernels as qk
     from quant.simd import HAS_AVX2, HAS_AVX512
-    monkeypatch.setattr(qk, "TILE_BYTES", 1 << 14)   # several token tiles and row blocks
+    monkeypatch.setattr(pf, "TILE_BYTES", 1 << 14)   # several token tiles and row blocks
     w = random_tensor(ggml_type, (N, k), seed=21)
     xs = (np.random.default_rng(23).standard_normal((41, k)) * np.random.default_rng(24).uniform(0.01, 100, (41, 1))).astype(np.float32)
     ref = xs.astype(np.float64) @ dequantize(w).astype(np.float64).T
@@ -183,12 +184,12 @@ def test_prefill_of_grouped_k_quants(ggml_type, k, monkeypatch):
     every path, over several token tiles, row blocks and segments of K; the layout _prefill_scheme picks."""
     import quant.kernels as qk
     from quant.simd import HAS_AVX2, HAS_AVX512
-    monkeypatch.setattr(qk, "TILE_BYTES", 1 << 14)
-    monkeypatch.setattr(qk, "SEG_BLOCKS", 4)
+    monkeypatch.setattr(pf, "TILE_BYTES", 1 << 14)
+    monkeypatch.setattr(pf, "SEG_BLOCKS", 4)
     w = random_tensor(ggml_type, (N, k), seed=41)
     want_g = {T.Q4_K: 4 if k % 1024 == 0 else 1, T.Q5_K: 2, T.Q6_K: 4 if k % 1024 == 0 else 1}[ggml_type]
-    qmax = qk.QMAX14 if ggml_type == T.Q6_K and want_g > 1 else qk.QMAX
-    assert qk._prefill_scheme(w, False, 37) == (want_g, qmax) and qk._prefill_scheme(w, False, qk.GROUP_TOKENS - 1) == (1, qk.QMAX)
+    qmax = pf.QMAX14 if ggml_type == T.Q6_K and want_g > 1 else pf.QMAX
+    assert pf._prefill_scheme(w, False, 37) == (want_g, qmax) and pf._prefill_scheme(w, False, pf.GROUP_TOKENS - 1) == (1, pf.QMAX)
     xs = (np.random.default_rng(42).standard_normal((37, k)) * np.random.default_rng(43).uniform(0.01, 100, (37, 1))).astype(np.float32)
     ref = xs.astype(np.float64) @ dequantize(w).astype(np.float64).T
     prefill = {}
@@ -258,7 +259,7 @@ def test_portable_and_simd_paths_bit_identical(ggml_type, path, monkeypatch):
     from quant.simd import HAS_AVX2, HAS_AVX512
     if not {"avx2": HAS_AVX2, "avx512": HAS_AVX512}[path]:
         pytest.skip(f"this CPU cannot run the {path} kernels")
-    monkeypatch.setattr(qk, "SEG_BLOCKS", 2)   # prefill goes along K = 768 in two segments
+    monkeypatch.setattr(pf, "SEG_BLOCKS", 2)   # prefill goes along K = 768 in two segments
     w = random_tensor(ggml_type, (N, K), seed=13)
     rng = np.random.default_rng(14)
     x, xs = rng.standard_normal(K).astype(np.float32), rng.standard_normal((5, K)).astype(np.float32)
@@ -454,7 +455,9 @@ def test_second_process_compiles_nothing():
         from quant.formats import FORMATS
         import quant.kernels as qk
         from quant import activations
-        from quant.kernels import _dequantize_rows, _dequantize_rows_serial, _dot_rows, _dot16_rows, _dot32_rows, _w16_rows
+        from quant.kernels import _dequantize_rows, _dequantize_rows_serial, _dot_rows, _dot16_rows, _dot32_rows
+        import quant.prefill as pf
+        from quant.prefill import _w16_rows
         for t, fmt in FORMATS.items():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
             matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((24, 768), np.float32)); matmul(w, np.ones((2, 768), np.float32))
@@ -471,10 +474,10 @@ def test_second_process_compiles_nothing():
                    _w16_rows, qk._dot16_tokens, qk._dot32_tokens, qk._dots16_tokens, activations.quantize,
                    activations._quantize_prefill, activations._quantize_prefill32, activations.quantize32]
         kernels += [k for f in FORMATS.values() for k in (f.dot_row, f.dequantize_row)]
-        kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for ks in qk._UNPACK.values() for k in ks.values()]
+        kernels += list({ks[qk.INT_PATH] for ks in qk._DECODE.values()}) + [k for ks in pf._UNPACK.values() for k in ks.values()]
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE32.values()]
-        kernels += [ks[qk.INT_PATH] for ks in qk._DECODE_TOKENS.values()] + list(qk._UNPACK32.values())
-        kernels += [ks[qk.INT_PATH] for ks in qk._W4X2.values()] + [qk._MINS[qk.INT_PATH], qk._W32[qk.INT_PATH], qk._W32_NOMINS[qk.INT_PATH]]
+        kernels += [ks[qk.INT_PATH] for ks in qk._DECODE_TOKENS.values()] + list(pf._UNPACK32.values())
+        kernels += [ks[qk.INT_PATH] for ks in pf._W4X2.values()] + [pf._MINS[qk.INT_PATH], pf._W32[qk.INT_PATH], pf._W32_NOMINS[qk.INT_PATH]]
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
