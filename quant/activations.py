@@ -115,22 +115,15 @@ def quantize_activations(x: np.ndarray):
     return d, q16, qp, hi, lo, bsums
 
 
-# --- prefill: q16 and d as quantize gives them, G blocks interleaved, and pxt = d * (sum of the 32 q16) per 32 ---
+# --- prefill: q16 and d as quantize gives them, g blocks interleaved, and pxt = d * (sum of the 32 q16) per 32 ---
 
 @njit(inline="always")
-def slot_k(i, p, g):
-    """Where int32 pair p (elements 2 p, 2 p + 1; p < 128) of block i of a group of g blocks of 256 (g = 1, 2, 4)
-    sits in the group, in int16: lanes 16/g i .. 16/g (i + 1) - 1 of the group's 8 g rows of 16 pairs take
-    block i, 16/g pairs a row in order, so that each lane of a pairwise multiply-add meets one block only and
-    sums 16 g of its products (int32 holds 64 of Q4_K's, 32 of Q5_K's, 16 of Q6_K's). g = 1: p at 2 p."""
-    lanes = 16 // g
-    return 32 * (p // lanes) + 2 * (i * lanes + p % lanes)
-
-
-@njit(inline="always")
-def _interleave(src, dst, lanes):
-    """A group of 16/lanes blocks from natural order (src) to prefill's (slot_k): block i's elements
-    2 lanes r .. 2 lanes (r + 1) - 1 to row r, lanes 2 lanes i on (contiguous runs, which LLVM vectorizes)."""
+def interleave_k(src, dst, lanes):
+    """A group of g = 16/lanes K-quant blocks (256 int16 each) from natural order (src) to prefill's layout (dst):
+    block i's int32 pairs p = lanes r .. lanes (r + 1) - 1 (elements 2 lanes r on) go to row r of 16 pairs,
+    lanes lanes i on, so that each lane of a pairwise multiply-add meets one block only and sums 16 g of its
+    products (int32 holds 64 of Q4_K's, 32 of Q5_K's, 16 of Q6_K's against 16-bit activations). Contiguous
+    runs, which LLVM vectorizes; g = 1 is the natural order."""
     for i in range(16 // lanes):
         for r in range(BLOCK // (2 * lanes)):
             for m in range(2 * lanes):
@@ -157,21 +150,19 @@ def _quantize_prefill(x, d, q16, pxt, g, qmax):
         tmp = np.empty(BLOCK * g, np.int16)
         for b in range(x.shape[1] // BLOCK):
             db, inv = _block_scale(bits, b * BLOCK, BLOCK, qmax)
-            if g == 1:   # one block a group: one d
+            if g == 1:   # one block a group: one d, q16 in place
                 d[t, b] = db
-            else:   # the block's d on each of its lanes
-                for lane in range(lanes):
-                    d[t, 16 * (b // g) + lanes * (b % g) + lane] = db
-            if g == 1:
                 _round_block(x[t], b, inv, db, q16[t], b * BLOCK, pxt[:, t], qmax)
-            else:
-                _round_block(x[t], b, inv, db, tmp, (b % g) * BLOCK, pxt[:, t], qmax)
-            if g > 1 and b % g == g - 1:   # the group's blocks are in tmp: to their slots
+                continue
+            for lane in range(lanes):   # the block's d on each of its lanes
+                d[t, 16 * (b // g) + lanes * (b % g) + lane] = db
+            _round_block(x[t], b, inv, db, tmp, (b % g) * BLOCK, pxt[:, t], qmax)
+            if b % g == g - 1:   # the group's blocks are in tmp: to their slots
                 group = q16[t, BLOCK * (b - g + 1):BLOCK * (b + 1)]
-                if g == 4:
-                    _interleave(tmp, group, 4)
+                if g == 4:   # lanes a constant, for LLVM
+                    interleave_k(tmp, group, 4)
                 else:
-                    _interleave(tmp, group, 8)
+                    interleave_k(tmp, group, 8)
 
 
 TOKENS_PAD = 16   # pxt's tokens, padded with zeros: the mins kernel takes vectors of 16 (AVX2: 8)
@@ -184,7 +175,7 @@ def quantize_prefill(x: np.ndarray, g: int = 1, qmax: int = QMAX):
     """x (T, K) float32 contiguous, K % (256 g) == 0 -> the d and q16 of quantize_activations (with qmax: q16 in
     [-qmax, qmax], d = max|x| / qmax) in prefill's layout:
     d f32 by lane for g > 1, (T, 16 K / (256 g)) (a block's d on each of its 16/g lanes), else (T, K/256), q16 (T, K) int16 with g blocks
-    interleaved (slot_k; cache-line aligned); pxt (K/32, T rounded up to TOKENS_PAD, + TOKENS_PAD) f32: the sums of q16 over
+    interleaved (interleave_k; cache-line aligned); pxt (K/32, T rounded up to TOKENS_PAD, + TOKENS_PAD) f32: the sums of q16 over
     each 32 times d, in K's order, tokens along (the mins kernel's layout), zero past T."""
     t, k = x.shape
     d, q16 = np.empty((t, (16 if g > 1 else 1) * k // (BLOCK * g)), np.float32), aligned_int16(t * k).reshape(t, k)

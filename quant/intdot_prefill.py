@@ -2,7 +2,7 @@
 simd_prefill.py's four-by-two kernels, and the njit functions whose addresses the drivers take.
 
 K-quants (jit.UNPACK16_SIG, jit.W4X2_SIG): unpack_<type>[_g1] turns a row into int16 weights times their sub-block
-scales once, g blocks interleaved (activations.slot_k), then w16_4x2[_g<g>]_<path> (simd_prefill.W16_4X2[_512])
+scales once, g blocks interleaved (activations.interleave_k), then w16_4x2[_g<g>]_<path> (simd_prefill.W16_4X2[_512])
 takes the dot products of four such rows with two (AVX-512, g > 1: four) tokens' q16 at a time (pmaddwd,
 vpdpwssd), the lanes-then-float32 scheme of intdot.py; Q4_K's and
 Q5_K's mins in a kernel of their own (mins_*: simd_prefill.mins_rows, fused multiply-adds in 8 or 16 lanes,
@@ -29,7 +29,7 @@ from .simd_prefill32 import (B32_BYTES, q4_0_unpack16, q4_1_unpack16, q5_0_unpac
 @njit(inline="always")
 def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g):
     """Groups u0 .. u0 + su (g blocks each) of Q4_K (kind 0), Q5_K (1) or Q6_K (2) rows r0 .. r0 + nr - 1 (n_out of
-    them, the last one repeated) -> w16 int16 = q * scale[s] interleaved g blocks a group (activations.slot_k;
+    them, the last one repeated) -> w16 int16 = q * scale[s] interleaved g blocks a group (activations.interleave_k;
     row i at 256 g su i), dsc = d by lane (row i at 16 su i), msc = dmin * min[s] (at 8 g su i; Q6_K: none).
     One call for many rows: a call per row (four sliced arrays, their reference counts) cost as much as
     unpacking it."""

@@ -1,5 +1,5 @@
 """Prefill intrinsics of the K-quants: unpack rows to int16 weights times their sub-block scales, g blocks
-interleaved (activations.slot_k), then the dot products of four such rows with two or four tokens' 16-bit
+interleaved (activations.interleave_k), then the dot products of four such rows with two or four tokens' 16-bit
 activations at a time (AVX2 pmaddwd, AVX-512 VNNI vpdpwssd), and Q4_K's and Q5_K's mins apart (mins_rows).
 The lanes-then-float32 scheme of simd.py's decode kernels; simd_prefill32.py has the 32-block types',
 intdot_prefill.py the portable twins.
@@ -34,7 +34,7 @@ def _unpack_args(context, builder, sig, args):   # row, w16, dsc, msc data point
 
 def _rows_of(builder, vs):
     """Sub-block s of the g blocks of a group (vs: g <32 x i16>) -> the group's g rows of 32 int16 for it
-    (activations.slot_k: row k holds pairs 16/g k .. of each block, in block order): a g x g transpose of
+    (activations.interleave_k: row k holds pairs 16/g k .. of each block, in block order): a g x g transpose of
     pieces of 64/g bytes, in one (g = 2) or two (g = 4) rounds of two-input 128-bit lane shuffles."""
     v8 = ir.VectorType(ir.IntType(64), 8)
     q = [builder.bitcast(v, v8) for v in vs]
@@ -50,7 +50,7 @@ def _rows_of(builder, vs):
 
 
 def _write_group(builder, wp, dp, y_, j_, ds, sub_block):
-    """Prefill's layout for a group of g = len(ds) blocks (activations.slot_k) from w16[y_]: sub_block(b, s) gives
+    """Prefill's layout for a group of g = len(ds) blocks (activations.interleave_k) from w16[y_]: sub_block(b, s) gives
     sub-block s (< 8) of block b as <32 x i16>; their d (ds) to dsc[j_:] (g > 1: on each of their 16/g lanes,
     from dsc[16/g j_])."""
     g, c = len(ds), (lambda v: ir.Constant(I64, v))
@@ -104,7 +104,7 @@ def _k_unpack16(qh_at, qs_at, nbytes, g):
 
 
 # scale[s] * q (int16) for the 256 weights of each of g Q4_K blocks from row[o:] (144 bytes each; Q5_K: 176, q with
-# its fifth bit) into a group of prefill's layout at w16[y] (activations.slot_k: g = 1; 4: Q4_K; 2: Q5_K), their
+# its fifth bit) into a group of prefill's layout at w16[y] (activations.interleave_k: g = 1; 4: Q4_K; 2: Q5_K), their
 # d to dsc (_write_group), msc[8 (j + b) + s] = dmin * min[s] (the scales and mins as simd._k_scales_mins)
 q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16, 144, 1), _k_unpack16(16, 48, 176, 1)
 q4_k_unpack16_g4, q5_k_unpack16_g2 = _k_unpack16(None, 16, 144, 4), _k_unpack16(16, 48, 176, 2)
@@ -162,7 +162,7 @@ def _w16_4x2(wide, g):
     @intrinsic
     def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
         """Prefill, register-blocked: four rows by two tokens at a time (AVX-512, g > 1: four), for out.shape[1] / 4
-        fours of rows and out.shape[0] / 2 pairs of tokens, K-quant rows in groups of g blocks interleaved (activations.slot_k).
+        fours of rows and out.shape[0] / 2 pairs of tokens, K-quant rows in groups of g blocks interleaved (activations.interleave_k).
         w16 (4 Q K,) holds the rows unpacked (row r at r K), dsc (4 Q x 16 K/(256 g)) their d by lane (msc and
         px unused: Q4_K's and Q5_K's mins are mins_rows'); token t's activations are x16[xo + t xs:][:K] in the
         same layout, its d by lane xd[bo + t xsb:] (xsb = 16 xs/(256 g); xs: the tokens' stride; g = 1: one d a
