@@ -9,7 +9,7 @@ Q5_K's mins in a kernel of their own (mins_*: simd_prefill.mins_rows, fused mult
 tokens along, where inside the four-by-two kernel they took 8 lanes of row-by-token products and ~12% of the
 time). Its rounding differs from decode's by ~1e-7.
 The types with blocks of 32 (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1): unpack32_<type> and w32_4x2[...], sixteen blocks
-interleaved, one int32 lane per block (simd_prefill.w32_4x2), against x quantized per 32
+interleaved, one int32 lane per block (simd_prefill32.w32_4x2), against x quantized per 32
 (activations.quantize_prefill32).
 """
 import numpy as np
@@ -88,7 +88,7 @@ def unpack_q6_k_g4(rows, r0, nr, n_out, u0, su, w16, dsc, msc):   # four blocks 
 
 @njit(inline="always")
 def lanes_acc_loop(w16, dsc, msc, x16, xd, px, xo, bo, mins, unit, per):
-    """Portable simd_prefill.w16_4x2 and w32_4x2 for one (row, token): int32 lane i (elements 2i, 2i + 1 of
+    """Portable simd_prefill.w16_4x2 and simd_prefill32.w32_4x2 for one (row, token): int32 lane i (elements 2i, 2i + 1 of
     each 32) sums a group of unit weights (the last may be shorter: activations.group32), then
     acc[i] += f32(lane i) * (xd * d) with the lane's scales (per = 16 a group; 1: the group's), and for w32's mins
     acc[i] += m * sx; the same float32 operations in the same order; tree8(acc[i] + acc[i + 8])."""
@@ -115,7 +115,7 @@ def _tree8(v):
 
 @njit(inline="always")
 def w4x2_loop(w16, dsc, msc, x16, xd, px, xo, bo, xs, out, mins, unit, per=16):
-    """Portable simd_prefill.w16_4x2 (unit 256 g: g K-quant blocks interleaved) and w32_4x2 (unit 512: sixteen
+    """Portable simd_prefill.w16_4x2 (unit 256 g: g K-quant blocks interleaved) and simd_prefill32.w32_4x2 (unit 512: sixteen
     blocks of 32, mins for Q4_1 / Q5_1), per scales a unit (16: by lane): out[t, r] += row r = w16[r K:][:K] with
     token t at xo + t xs."""
     k = w16.size // out.shape[1]
@@ -175,7 +175,7 @@ def w16_4x2_g4_avx512(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
     _avx512_g4(w16, dsc, msc, x16, xd, px, xo, bo, xs, out)
 
 
-# --- prefill of the types with blocks of 32: sixteen blocks interleaved (simd_prefill.w32_4x2) ---
+# --- prefill of the types with blocks of 32: sixteen blocks interleaved (simd_prefill32.w32_4x2) ---
 
 @njit(inline="always")
 def b32_unpack_loop(rows, r0, nr, n_out, g0, sg, w16, dsc, msc, kind):

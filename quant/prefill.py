@@ -32,7 +32,7 @@ def _w16_rows(unpack, dot4x2, mins, rows, x16, xd, px, out, block_rows, seg, uni
     A thread takes block_rows rows at a time and goes along K by segments of seg units: it unpacks its rows'
     segment (block_rows x seg unit int16, sized to stay in L2 beside the tokens' segment; dper and mper
     scales per unit), then meets each four of them (the last row repeated to fill the last four; in L1)
-    with the tokens two at a time. A (row, token) sums its segments' results in float64, in order.
+    with the tokens two or four at a time. A (row, token) sums its segments' results in float64, in order.
     mins (Q4_K, Q5_K; else 0): px is then the tokens' sums by sub-block, tokens along (row stride ldp, from the
     tile's first token), and the mins kernel takes them with msc after each segment, into accm; the result is
     acc - accm."""

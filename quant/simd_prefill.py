@@ -125,9 +125,10 @@ def _q6_k_unpack16(g):
             ats = [lambda k, b=b: builder.add(o_, ir.Constant(I64, 210 * b + k)) for b in range(g)]
             ds = [_half_pair(builder, rp, at(206))[1] for at in ats]   # d: bytes 208-209
             scales = [builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16) for at in ats]
+            quants = [[_q6_k_quants(builder, rp, at, h) for h in range(2)] for at in ats]   # [block][half][column]
 
             def sub_block(b, s):   # elements 32 s .. 32 s + 31: half s // 4, column s % 4; scales 2 s, 2 s + 1
-                q = _q6_k_quants(builder, rp, ats[b], s // 4)[s % 4]
+                q = quants[b][s // 4][s % 4]
                 scale = builder.shuffle_vector(scales[b], ir.Constant(V16I16, None),
                                                ir.Constant(ir.VectorType(I32, 32), [2 * s] * 16 + [2 * s + 1] * 16))
                 return builder.mul(builder.sub(builder.zext(q, v32i16), ir.Constant(v32i16, [32] * 32)), scale)
@@ -333,7 +334,7 @@ def _mins_rows(lanes):
             def quad(q, _):
                 r0 = builder.mul(q, c(4))
 
-                def tokens(t0, nv):   # tokens t0 .. t0 + nv lanes - 1 of the four rows
+                def tokens(t0, nv):   # tokens t0 .. t0 + nv lanes - 1 of the four rows (a _loop step: no values)
                     def step(s, accs):
                         at = builder.add(builder.mul(builder.add(s0_, s), ldp_), t0)
                         ps = [_load_at(builder, pp, builder.add(at, c(lanes * v)), vf) for v in range(nv)]
@@ -346,11 +347,12 @@ def _mins_rows(lanes):
                         ptr = builder.bitcast(builder.gep(ap, [builder.add(builder.mul(builder.add(r0, c(r)), n_tok), builder.add(t0, c(lanes * v)))]),
                                               vd.as_pointer())
                         builder.store(builder.fadd(builder.load(ptr, align=8), builder.fpext(acc, vd)), ptr, align=8)
+                    return []
 
                 n_four = builder.udiv(n_tok, c(4 * lanes))   # four vectors at a time (16 chains of fused multiply-adds), then one
-                _loop(builder, n_four, [], lambda j, _: tokens(builder.mul(j, c(4 * lanes)), 4) or [])
+                _loop(builder, n_four, [], lambda j, _: tokens(builder.mul(j, c(4 * lanes)), 4))
                 _loop(builder, builder.udiv(builder.urem(n_tok, c(4 * lanes)), c(lanes)), [],
-                      lambda j, _: tokens(builder.add(builder.mul(n_four, c(4 * lanes)), builder.mul(j, c(lanes))), 1) or [])
+                      lambda j, _: tokens(builder.add(builder.mul(n_four, c(4 * lanes)), builder.mul(j, c(lanes))), 1))
                 return []
 
             _loop(builder, builder.udiv(n_rows, c(4)), [], quad)
