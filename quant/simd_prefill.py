@@ -4,6 +4,8 @@ activations at a time (AVX2 pmaddwd, AVX-512 VNNI vpdpwssd), and Q4_K's and Q5_K
 The lanes-then-float32 scheme of simd.py's decode kernels; simd_prefill32.py has the 32-block types',
 intdot_prefill.py the portable twins.
 """
+from types import SimpleNamespace
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -159,94 +161,116 @@ def _w4x2_args(context, builder, sig, args):
             (builder.udiv(stride, builder.add(two, two)), builder.udiv(n_tok, two), stride), arrs[0].nitems)
 
 
+def _four_rows(context, builder, sig, args, wide, four, strides, group_loop):
+    """The frame both prefill kernels (w16_4x2 here, simd_prefill32.w32_4x2) share: for each four of rows and
+    the tokens two at a time (AVX-512 with four: four at a time, then a last pair), the int32 lanes of each
+    (row, token) (AVX2: two halves of 8 lanes, two rows at a time) go through group_loop, then
+    tree8(acc[i] + acc[i + 8]) of each is added to out[t, r] in float64 (_sum8x8, _add_sums).
+    strides(k, xs) -> (scales a row, scales a token) in dsc/msc and xd/px. group_loop(f, keys, chunk) -> the
+    float32 accumulator of each key (row, token, half) over the rows' K, chunk(e, ints) adding the products of
+    the 32 weights from e (AVX2: the key's half of them) to the int32 lanes ints; f holds the frame's values
+    (k, nsc, lanes, vf, the rows' w, d, m pointers, xd_, px_ and the tokens' scale offsets scs)."""
+    c = lambda v: ir.Constant(I64, v)  # noqa: E731
+    (w0, dsc0, msc0, x_, xd_, px_, out0), (xo0, bo0, xs_), (n_quads, n_pairs, stride), n_w = _w4x2_args(context, builder, sig, args)
+    k = builder.udiv(n_w, builder.mul(n_quads, c(4)))
+    nsc, xsb = strides(k, xs_)
+    op, lanes = _Ops(context, builder), 16 if wide else 8
+    vw = ir.VectorType(I16, 2 * lanes)
+    # AVX-512: all four rows, 32 weights a chunk; AVX2: two rows at a time, each 32 as two halves of 16
+    passes = [((0, 1, 2, 3), (0,))] if wide else [((0, 1), (0, 1)), ((2, 3), (0, 1))]
+    f = SimpleNamespace(k=k, nsc=nsc, lanes=lanes, vf=ir.VectorType(ir.FloatType(), lanes), xd=xd_, px=px_)
+
+    def quad(q, _):   # rows 4 q .. 4 q + 3: their w16, scales, mins and out columns
+        f.w = builder.gep(w0, [builder.mul(q, builder.mul(k, c(4)))])
+        f.d, f.m = (builder.gep(p, [builder.mul(q, builder.mul(nsc, c(4)))]) for p in (dsc0, msc0))
+        f.out = builder.gep(out0, [builder.mul(q, c(4))])
+        if wide and four:   # 16 vpdpwssd chains
+            _loop(builder, builder.udiv(n_pairs, c(2)), [], lambda j, _: tokens(builder.mul(j, c(2)), 4))
+            _loop(builder, builder.urem(n_pairs, c(2)), [], lambda j, _: tokens(builder.sub(n_pairs, c(1)), 2))
+        else:
+            _loop(builder, n_pairs, [], lambda j, _: tokens(j, 2))
+        return []
+
+    def tokens(j, n_tok):   # token pairs j .. j + n_tok/2 - 1
+        xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
+        bo_ = builder.add(bo0, builder.mul(j, builder.add(xsb, xsb)))
+        toks = [builder.add(xo_, builder.mul(xs_, c(t))) for t in range(n_tok)]
+        f.scs = [builder.add(bo_, builder.mul(xsb, c(t))) for t in range(n_tok)]
+        finals = {}
+        for group, halves in passes:
+            keys = [(wi, xi, h) for wi in group for xi in range(n_tok) for h in halves]
+
+            def chunk(e, ints):
+                ws = {(wi, h): _load_at(builder, f.w, builder.add(builder.mul(k, c(wi)), builder.add(e, c(16 * h))), vw)
+                      for wi in group for h in halves}
+                xv = {(xi, h): _load_at(builder, x_, builder.add(t, builder.add(e, c(16 * h))), vw) for xi, t in enumerate(toks) for h in halves}
+                return [op.dpwssd(ints[p], ws[wi, h], xv[xi, h]) if wide else builder.add(ints[p], op.madd(ws[wi, h], xv[xi, h]))
+                        for p, (wi, xi, h) in enumerate(keys)]
+
+            for (wi, xi, h), acc in zip(keys, group_loop(f, keys, chunk)):
+                finals.setdefault((wi, xi), []).append(acc)
+        # acc[i] + acc[i + 8]: AVX-512 folds its 16 lanes, AVX2 adds its two halves
+        for tp in range(n_tok // 2):
+            sums = [_fold16(builder, finals[wi, 2 * tp + t][0]) if wide else builder.fadd(*finals[wi, 2 * tp + t])
+                    for wi in range(4) for t in range(2)]
+            _add_sums(builder, f.out, stride, builder.add(j, c(tp)), _sum8x8(builder, sums))
+        return []
+
+    _loop(builder, n_quads, [], quad)
+
+
 def _w16_4x2(wide, g):
     @intrinsic
     def w16_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-        """Prefill, register-blocked: four rows by two tokens at a time (AVX-512, g > 1: four), for out.shape[1] / 4
-        fours of rows and out.shape[0] / 2 pairs of tokens, K-quant rows in groups of g blocks interleaved (activations.interleave_k).
-        w16 (4 Q K,) holds the rows unpacked (row r at r K), dsc (4 Q x 16 K/(256 g)) their d by lane (msc and
-        px unused: Q4_K's and Q5_K's mins are mins_rows'); token t's activations are x16[xo + t xs:][:K] in the
-        same layout, its d by lane xd[bo + t xsb:] (xsb = 16 xs/(256 g); xs: the tokens' stride; g = 1: one d a
-        block, xsb = xs/256, and dsc (4 Q K/256,)). out (T, 4 Q) f64:
+        """Prefill, register-blocked (_four_rows): four rows by two tokens at a time (AVX-512, g > 1: four), for
+        out.shape[1] / 4 fours of rows and out.shape[0] / 2 pairs of tokens, K-quant rows in groups of g blocks
+        interleaved (activations.interleave_k). w16 (4 Q K,) holds the rows unpacked (row r at r K), dsc (4 Q x 16
+        K/(256 g)) their d by lane (msc and px unused: Q4_K's and Q5_K's mins are mins_rows'); token t's
+        activations are x16[xo + t xs:][:K] in the same layout, its d by lane xd[bo + t xsb:] (xsb = 16 xs/(256 g);
+        xs: the tokens' stride; g = 1: one d a block, xsb = xs/256, and dsc (4 Q K/256,)). out (T, 4 Q) f64:
         out[t, r] += the dot of row r and token t (the caller sums K by segments).
         Per group and pair, int32 lane i (i < 16) sums w16 q16 over elements 2i, 2i + 1 of each 32 (exact: 16 g
-        products of one block, within int32 for Q4_K at g = 4, Q5_K at 2, Q6_K at 1), then acc[i] += f32(lane
-        i) * (xd[i] * d[i]) in float32: one float32 step per 16 g products, where it was one per 16 (g = 4: Q4_K
-        at T = 512 ~10% faster on cached data). The result is tree8(acc[i] + acc[i + 8]) (_sum8x8). AVX-512
-        VNNI holds the 16 lanes in one register (one vpdpwssd per 32 weights, four rows at once, 2 x16 loads per 8
+        products of one block, within int32 for Q4_K at g = 4, Q5_K at 2, Q6_K at 1 against 16-bit activations,
+        at 4 against 14-bit), then acc[i] += f32(lane i) * (xd[i] * d[i]) in float32: one float32 step per 16 g
+        products, where it was one per 16 (g = 4: Q4_K at T = 512 ~10% faster on cached data). AVX-512 VNNI holds
+        the 16 lanes in one register (one vpdpwssd per 32 weights, four rows at once, 2 x16 loads per 8
         vpdpwssd); AVX2 holds them in two (lanes 0..7 from elements 0..15 of each 32, lanes 8..15 from 16..31)
-        and takes the rows two at a time (8 int32 and 8 float32 accumulators in 16 vector registers)."""
+        and takes the rows two at a time (8 int32 and 8 float32 accumulators in 16 vector registers). Four
+        tokens a step only for g > 1: with g = 1 the float32 accumulators, which then spill, were touched every 8
+        vpdpwssd a chain (191 -> 155-180 GMAC/s)."""
         if not _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
             return None
+        per = 16 if g > 1 else 1   # scales a group: by lane, or the block's
 
         def codegen(context, builder, sig, args):
             c = lambda v: ir.Constant(I64, v)  # noqa: E731
-            (w0, dsc0, _, x_, xd_, _, out0), (xo0, bo0, xs_), (n_quads, n_pairs, stride), n_w = _w4x2_args(context, builder, sig, args)
-            k = builder.udiv(n_w, builder.mul(n_quads, c(4)))
-            n_g = builder.udiv(k, c(256 * g))   # groups a row
-            per = 16 if g > 1 else 1   # scales a group: by lane, or the block's
-            nsc, xsb = builder.mul(n_g, c(per)), builder.mul(builder.udiv(xs_, c(256 * g)), c(per))   # scales a row, a token
-            op = _Ops(context, builder)
-            lanes = 16 if wide else 8
-            vf = ir.VectorType(ir.FloatType(), lanes)
-            zero_i, zero_f = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes), ir.Constant(vf, [0.0] * lanes)
-            # AVX-512: all four rows, 32 weights a chunk; AVX2: two rows at a time, each 32 as two halves of 16
-            groups, halves = ([(0, 1, 2, 3)], (0,)) if wide else ([(0, 1), (2, 3)], (0, 1))
 
-            def quad(q, _):   # rows 4 q .. 4 q + 3: their w16, dsc and out row
-                nonlocal w_, dsc_, out_
-                w_, dsc_ = builder.gep(w0, [builder.mul(q, builder.mul(k, c(4)))]), builder.gep(dsc0, [builder.mul(q, builder.mul(nsc, c(4)))])
-                out_ = builder.gep(out0, [builder.mul(q, c(4))])
-                if wide and g > 1:   # four tokens at a time (16 vpdpwssd chains), then a last pair; with g = 1 the
-                    # float32 accumulators, which spill, were touched every 8 vpdpwssd a chain (191 -> 155-180 GMAC/s)
-                    _loop(builder, builder.udiv(n_pairs, c(2)), [], lambda j, _: tokens(builder.mul(j, c(2)), 4))
-                    _loop(builder, builder.urem(n_pairs, c(2)), [], lambda j, _: tokens(builder.sub(n_pairs, c(1)), 2))
-                else:
-                    _loop(builder, n_pairs, [], lambda j, _: tokens(j, 2))
-                return []
+            def strides(k, xs_):
+                return builder.mul(builder.udiv(k, c(256 * g)), c(per)), builder.mul(builder.udiv(xs_, c(256 * g)), c(per))
 
-            w_ = dsc_ = out_ = None
+            def group_loop(f, keys, chunk):
+                zero_i, zero_f = ir.Constant(ir.VectorType(I32, f.lanes), [0] * f.lanes), ir.Constant(f.vf, [0.0] * f.lanes)
+                rows = sorted({wi for wi, _, _ in keys})
 
-            def tokens(j, n_tok):   # token pairs j .. j + n_tok/2 - 1
-                xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
-                bo_ = builder.add(bo0, builder.mul(j, builder.add(xsb, xsb)))
-                toks = [builder.add(xo_, builder.mul(xs_, c(t))) for t in range(n_tok)]
-                scs = [builder.add(bo_, builder.mul(xsb, c(t))) for t in range(n_tok)]
-                finals = {}
-                vty = ir.VectorType(I16, 2 * lanes)
-                for group in groups:
-                    pairs = [(wi, xi, h) for wi in group for xi in range(n_tok) for h in halves]
+                def step(u, accs):
+                    y, at = builder.mul(u, c(256 * g)), builder.mul(u, c(per))
+                    ints = [zero_i] * len(keys)
+                    for ch in range(8 * g):
+                        ints = chunk(builder.add(y, c(32 * ch)), ints)
+                    if g == 1:   # one block: the same scale on every lane, one scalar product a pair
+                        xds = [_load_at(builder, f.xd, builder.add(sc, at), ir.FloatType()) for sc in f.scs]
+                        dss = {wi: _load_at(builder, f.d, builder.add(builder.mul(f.nsc, c(wi)), at), ir.FloatType()) for wi in rows}
+                        scale = {(wi, xi, h): _splat(builder, builder.fmul(xds[xi], dss[wi]), f.lanes) for wi, xi, h in keys}
+                    else:
+                        xdv = {(xi, h): _load_at(builder, f.xd, builder.add(f.scs[xi], builder.add(at, c(8 * h))), f.vf) for _, xi, h in keys}
+                        dsv = {(wi, h): _load_at(builder, f.d, builder.add(builder.mul(f.nsc, c(wi)), builder.add(at, c(8 * h))), f.vf)
+                               for wi, _, h in keys}
+                        scale = {(wi, xi, h): builder.fmul(xdv[xi, h], dsv[wi, h]) for wi, xi, h in keys}
+                    return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], f.vf), scale[key])) for p, key in enumerate(keys)]
 
-                    def step(u, accs):
-                        y, at = builder.mul(u, c(256 * g)), builder.mul(u, c(per))
-                        ints = [zero_i] * len(pairs)
-                        for ch in range(8 * g):
-                            es = [builder.add(y, c(32 * ch + 16 * h)) for h in halves]
-                            ws = {(wi, h): _load_at(builder, w_, builder.add(builder.mul(k, c(wi)), es[h]), vty) for wi in group for h in halves}
-                            xv = {(xi, h): _load_at(builder, x_, builder.add(t, es[h]), vty) for xi, t in enumerate(toks) for h in halves}
-                            ints = [op.dpwssd(ints[p], ws[wi, h], xv[xi, h]) if wide else builder.add(ints[p], op.madd(ws[wi, h], xv[xi, h]))
-                                    for p, (wi, xi, h) in enumerate(pairs)]
-                        if g == 1:   # one block: the same scale on every lane, one scalar product a pair
-                            xds = [_load_at(builder, xd_, builder.add(sc, at), ir.FloatType()) for sc in scs]
-                            dss = {wi: _load_at(builder, dsc_, builder.add(builder.mul(nsc, c(wi)), at), ir.FloatType()) for wi in group}
-                            scale = {(wi, xi, h): _splat(builder, builder.fmul(xds[xi], dss[wi]), lanes) for wi in group for xi in range(n_tok) for h in halves}
-                        else:
-                            xdv = {(xi, h): _load_at(builder, xd_, builder.add(sc, builder.add(at, c(8 * h))), vf) for xi, sc in enumerate(scs) for h in halves}
-                            dsv = {(wi, h): _load_at(builder, dsc_, builder.add(builder.mul(nsc, c(wi)), builder.add(at, c(8 * h))), vf) for wi in group for h in halves}
-                            scale = {(wi, xi, h): builder.fmul(xdv[xi, h], dsv[wi, h]) for wi in group for xi in range(n_tok) for h in halves}
-                        return [builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf), scale[key])) for p, key in enumerate(pairs)]
+                return _loop(builder, builder.udiv(f.k, c(256 * g)), [zero_f] * len(keys), step)
 
-                    for (wi, xi, h), acc in zip(pairs, _loop(builder, n_g, [zero_f] * len(pairs), step)):
-                        finals.setdefault((wi, xi), []).append(acc)
-
-                # acc[i] + acc[i + 8]: AVX-512 folds its 16 lanes, AVX2 adds its two passes
-                for tp in range(n_tok // 2):
-                    sums = [_fold16(builder, finals[wi, 2 * tp + t][0]) if wide else builder.fadd(*finals[wi, 2 * tp + t])
-                            for wi in range(4) for t in range(2)]
-                    _add_sums(builder, out_, stride, builder.add(j, c(tp)), _sum8x8(builder, sums))
-                return []
-
-            _loop(builder, n_quads, [], quad)
+            _four_rows(context, builder, sig, args, wide, g > 1, strides, group_loop)
             return context.get_dummy_value()
 
         return types.none(w16, dsc, msc, x16, xd, px, xo, bo, xs, out), codegen

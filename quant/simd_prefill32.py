@@ -6,98 +6,62 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .simd import I16, I32, I64, V16I8, V32I8, _fold16, _load_at, _loop, _Ops
-from .simd_prefill import _add_sums, _store_at, _sum8x8, _unpack_args, _unpack_ok, _w4x2_args, _w4x2_ok
+from .simd import I16, I32, I64, V16I8, V32I8, _load_at, _loop
+from .simd_prefill import _four_rows, _store_at, _unpack_args, _unpack_ok, _w4x2_ok
 
 
 def _w32_4x2(wide, mins):
     @intrinsic
     def w32_4x2(typingctx, w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
-        """As w16_4x2 for rows of 32-blocks, laid out by activations.slot32: each 512 weights hold 16
-        blocks, int32 pair i of every 32 from block i, so lane i of a vpdpwssd (pmaddwd: two passes of 8)
-        sums block i alone and 16 of them give 16 blocks' exact integer sums, which float32 then scales
-        lane by lane: acc[i] += f32(lane i) * (xd * d) per group, and for Q4_1 (mins) acc[i] += m * sx,
-        m the block's offset, sx = xd times the sum of its q16. A last group of n < 16 blocks is 32 n long
-        (n chunks of 32, lane i holding part of block i mod n). dsc, msc (4 Q x 16 per group): d and m by
-        lane; xd, px (16 per group of xs per token, from bo): the tokens' xd and sx by lane. The result is
-        tree8(acc[i] + acc[i + 8])."""
+        """As simd_prefill.w16_4x2 (the same frame, _four_rows) for rows of 32-blocks, laid out by
+        activations.slot32: each 512 weights hold 16 blocks, int32 pair i of every 32 from block i, so lane i of a
+        vpdpwssd (pmaddwd: two halves of 8) sums block i alone and 16 of them give 16 blocks' exact integer sums,
+        which float32 then scales lane by lane: acc[i] += f32(lane i) * (xd * d) per group, and for Q4_1 (mins)
+        acc[i] += m * sx, m the block's offset, sx = xd times the sum of its q16. A last group of n < 16 blocks
+        is 32 n long (n chunks of 32, lane i holding part of block i mod n). dsc, msc (4 Q x 16 per group): d and
+        m by lane; xd, px (16 per group of xs per token, from bo): the tokens' xd and sx by lane."""
         if not _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):
             return None
 
         def codegen(context, builder, sig, args):
-            (w0, dsc0, msc0, x_, xd_, px_, out0), (xo0, bo0, xs_), (n_quads, n_pairs, stride), n_w = _w4x2_args(context, builder, sig, args)
             c = lambda v: ir.Constant(I64, v)  # noqa: E731
-            k = builder.udiv(n_w, builder.mul(n_quads, c(4)))
             groups = lambda v: builder.udiv(builder.add(v, c(511)), c(512))  # noqa: E731
-            # whole groups, then a last one of 32 n weights (n < 16: tail chunks); 16 scales per group
-            ng, tail = builder.udiv(k, c(512)), builder.udiv(builder.urem(k, c(512)), c(32))
-            nbk, xsb = builder.mul(groups(k), c(16)), builder.mul(groups(xs_), c(16))
-            op = _Ops(context, builder)
-            lanes = 16 if wide else 8
-            vf, vi, vw = ir.VectorType(ir.FloatType(), lanes), ir.VectorType(I32, lanes), ir.VectorType(I16, 2 * lanes)
-            # AVX-512: four rows and 16 lanes at once; AVX2: two rows at a time, lanes 0..7 then 8..15
-            passes = [((0, 1, 2, 3), 0)] if wide else [(rows, h) for rows in ((0, 1), (2, 3)) for h in (0, 1)]
-            state = {}
 
-            def quad(q, _):
-                state["w"] = builder.gep(w0, [builder.mul(q, builder.mul(k, c(4)))])
-                state["d"] = builder.gep(dsc0, [builder.mul(q, builder.mul(nbk, c(4)))])
-                state["m"] = builder.gep(msc0, [builder.mul(q, builder.mul(nbk, c(4)))])
-                state["out"] = builder.gep(out0, [builder.mul(q, c(4))])
-                _loop(builder, n_pairs, [], token_pair)
-                return []
+            def strides(k, xs_):   # 16 scales a group, the last group counted whole
+                return builder.mul(groups(k), c(16)), builder.mul(groups(xs_), c(16))
 
-            def token_pair(j, _):
-                xo_ = builder.add(xo0, builder.mul(j, builder.add(xs_, xs_)))
-                bo_ = builder.add(bo0, builder.mul(j, builder.add(xsb, xsb)))
-                toks, blocks = (xo_, builder.add(xo_, xs_)), (bo_, builder.add(bo_, xsb))
-                finals = {}
-                for rows, h in passes:
-                    keys = [(wi, xi) for wi in rows for xi in range(2)]
+            def group_loop(f, keys, chunk):
+                # whole groups, then a last one of 32 n weights (n < 16: tail chunks)
+                ng, tail = builder.udiv(f.k, c(512)), builder.udiv(builder.urem(f.k, c(512)), c(32))
+                zeros = [ir.Constant(ir.VectorType(I32, f.lanes), [0] * f.lanes)] * len(keys)
 
-                    zeros = [ir.Constant(vi, [0] * lanes)] * len(keys)
+                def step(g, accs):
+                    ints = zeros
+                    for jj in range(16):
+                        ints = chunk(builder.add(builder.mul(g, c(512)), c(32 * jj)), ints)
+                    return scale(g, ints, accs)
 
-                    def chunk(e, ints):   # 32 weights (AVX2: 16 of them) of each row with each token
-                        ws = {wi: _load_at(builder, state["w"], builder.add(builder.mul(k, c(wi)), e), vw) for wi in rows}
-                        xv = [_load_at(builder, x_, builder.add(t, e), vw) for t in toks]
-                        return [op.dpwssd(ints[p], ws[wi], xv[xi]) if wide else builder.add(ints[p], op.madd(ws[wi], xv[xi]))
-                                for p, (wi, xi) in enumerate(keys)]
+                def tail_step(_, accs):   # the last group's tail chunks, in a loop
+                    y = builder.mul(ng, c(512))
+                    return scale(ng, _loop(builder, tail, zeros, lambda jj, ints: chunk(builder.add(y, builder.mul(jj, c(32))), ints)), accs)
 
-                    def step(g, accs):
-                        y = builder.add(builder.mul(g, c(512)), c(16 * h))
-                        ints = zeros
-                        for jj in range(16):
-                            ints = chunk(builder.add(y, c(32 * jj)), ints)
-                        return scale(g, ints, accs)
+                def scale(g, ints, accs):
+                    at = lambda base, h: builder.add(base, builder.add(builder.mul(g, c(16)), c(8 * h)))  # noqa: E731
+                    row = lambda wi, h: at(builder.mul(f.nsc, c(wi)), h)  # noqa: E731
+                    new = []
+                    for p, (wi, xi, h) in enumerate(keys):
+                        d, xd = _load_at(builder, f.d, row(wi, h), f.vf), _load_at(builder, f.xd, at(f.scs[xi], h), f.vf)
+                        acc = builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], f.vf), builder.fmul(xd, d)))
+                        if mins:
+                            m, sx = _load_at(builder, f.m, row(wi, h), f.vf), _load_at(builder, f.px, at(f.scs[xi], h), f.vf)
+                            acc = builder.fadd(acc, builder.fmul(m, sx))
+                        new.append(acc)
+                    return new
 
-                    def tail_step(_, accs):   # the last group's tail chunks, in a loop
-                        y = builder.add(builder.mul(ng, c(512)), c(16 * h))
-                        return scale(ng, _loop(builder, tail, zeros, lambda jj, ints: chunk(builder.add(y, builder.mul(jj, c(32))), ints)), accs)
+                accs = _loop(builder, ng, [ir.Constant(f.vf, [0.0] * f.lanes)] * len(keys), step)
+                return _loop(builder, builder.zext(builder.icmp_unsigned("!=", tail, c(0)), I64), accs, tail_step)
 
-                    def scale(g, ints, accs):
-                        b = builder.add(builder.mul(g, c(16)), c(8 * h))
-                        at_row = lambda wi: builder.add(builder.mul(nbk, c(wi)), b)  # noqa: E731
-                        ds = {wi: _load_at(builder, state["d"], at_row(wi), vf) for wi in rows}
-                        xds = [_load_at(builder, xd_, builder.add(t, b), vf) for t in blocks]
-                        new = []
-                        for p, (wi, xi) in enumerate(keys):
-                            acc = builder.fadd(accs[p], builder.fmul(builder.sitofp(ints[p], vf), builder.fmul(xds[xi], ds[wi])))
-                            if mins:
-                                m = _load_at(builder, state["m"], at_row(wi), vf)
-                                acc = builder.fadd(acc, builder.fmul(m, _load_at(builder, px_, builder.add(blocks[xi], b), vf)))
-                            new.append(acc)
-                        return new
-
-                    accs = _loop(builder, ng, [ir.Constant(vf, [0.0] * lanes)] * len(keys), step)
-                    has_tail = builder.zext(builder.icmp_unsigned("!=", tail, c(0)), I64)
-                    for key, acc in zip(keys, _loop(builder, has_tail, accs, tail_step)):
-                        finals.setdefault(key, []).append(acc)
-
-                sums = [_fold16(builder, finals[p][0]) if wide else builder.fadd(*finals[p]) for p in sorted(finals)]
-                _add_sums(builder, state["out"], stride, j, _sum8x8(builder, sums))
-                return []
-
-            _loop(builder, n_quads, [], quad)
+            _four_rows(context, builder, sig, args, wide, False, strides, group_loop)
             return context.get_dummy_value()
 
         return types.none(w16, dsc, msc, x16, xd, px, xo, bo, xs, out), codegen
