@@ -42,9 +42,9 @@ def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g):
                 prefetch_block(row, o + b * nbytes, nbytes)
             if kind == 2:
                 if g == 4:
-                    q6_k_unpack16_g4(row, o, w16, BLOCK * j, dsc, j)
+                    q6_k_unpack16_g4(row, o, w16, BLOCK * j, dsc, msc, j)
                 else:
-                    q6_k_unpack16(row, o, w16, BLOCK * j, dsc, j)
+                    q6_k_unpack16(row, o, w16, BLOCK * j, dsc, msc, j)
             elif kind == 1:
                 if g == 2:
                     q5_k_unpack16_g2(row, o, w16, BLOCK * j, dsc, msc, j)

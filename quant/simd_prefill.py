@@ -29,9 +29,21 @@ def _unpack_ok(row, o, w16, y, dsc, msc, j):   # the argument types of the unpac
             and all(isinstance(t, types.Integer) for t in (o, y, j)))
 
 
-def _unpack_args(context, builder, sig, args):   # row, w16, dsc, msc data pointers; o, y, j as i64
-    ptrs = [context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4, 5)]
-    return (*ptrs, *(_i64(builder, args[k]) for k in (1, 3, 6)))
+def _unpack_intrinsic(body):
+    """An unpack intrinsic (row, o, w16, y, dsc, msc, j) whose IR is body(builder, row, w16, dsc, msc data
+    pointers, o, y, j as i64)."""
+    @intrinsic
+    def unpack(typingctx, row, o, w16, y, dsc, msc, j):
+        if not _unpack_ok(row, o, w16, y, dsc, msc, j):
+            return None
+
+        def codegen(context, builder, sig, args):
+            ptrs = [context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4, 5)]
+            body(builder, *ptrs, *(_i64(builder, args[k]) for k in (1, 3, 6)))
+            return context.get_dummy_value()
+
+        return types.none(row, o, w16, y, dsc, msc, j), codegen
+    return unpack
 
 
 def _rows_of(builder, vs):
@@ -69,40 +81,31 @@ def _write_group(builder, wp, dp, y_, j_, ds, sub_block):
 
 
 def _k_unpack16(qh_at, qs_at, nbytes, g):
-    @intrinsic
-    def k_unpack16(typingctx, row, o, w16, y, dsc, msc, j):
-        if not _unpack_ok(row, o, w16, y, dsc, msc, j):
-            return None
+    def body(builder, rp, wp, dp, mp, o_, y_, j_):
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+        v32i16 = ir.VectorType(I16, 32)
+        splat = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
+        blocks, ds = [], []
+        for b in range(g):   # each block's d, mins, scales and fifth bits
+            ob = builder.add(o_, c(nbytes * b))
+            d, dmin = _half_pair(builder, rp, ob)
+            sc8, mn8 = _k_scales_mins(builder, rp, ob)
+            _store_at(builder, mp, builder.mul(builder.add(j_, c(b)), c(8)), builder.fmul(_splat(builder, dmin), builder.uitofp(mn8, V8F)))
+            qh = None if qh_at is None else _load_at(builder, rp, builder.add(ob, c(qh_at)), V32I8)
+            blocks.append((ob, builder.zext(sc8, ir.VectorType(I16, 8)), qh))
+            ds.append(d)
 
-        def codegen(context, builder, sig, args):
-            rp, wp, dp, mp, o_, y_, j_ = _unpack_args(context, builder, sig, args)
-            c = lambda v: ir.Constant(I64, v)  # noqa: E731
-            v32i16 = ir.VectorType(I16, 32)
-            splat = lambda k: ir.Constant(V32I8, [k] * 32)  # noqa: E731
-            blocks, ds = [], []
-            for b in range(g):   # each block's d, mins, scales and fifth bits
-                ob = builder.add(o_, c(nbytes * b))
-                d, dmin = _half_pair(builder, rp, ob)
-                sc8, mn8 = _k_scales_mins(builder, rp, ob)
-                _store_at(builder, mp, builder.mul(builder.add(j_, c(b)), c(8)), builder.fmul(_splat(builder, dmin), builder.uitofp(mn8, V8F)))
-                qh = None if qh_at is None else _load_at(builder, rp, builder.add(ob, c(qh_at)), V32I8)
-                blocks.append((ob, builder.zext(sc8, ir.VectorType(I16, 8)), qh))
-                ds.append(d)
+        def sub_block(b, s):   # scale[s] * q for the 32 weights of sub-block s of block b
+            ob, scales, qh = blocks[b]
+            v = _load_at(builder, rp, builder.add(ob, c(qs_at + 32 * (s // 2))), V32I8)
+            q = builder.and_(v, splat(15)) if s % 2 == 0 else builder.lshr(v, splat(4))
+            if qh is not None:   # bit s of qh byte l is bit 4 of element l
+                q = builder.or_(q, builder.shl(builder.and_(builder.lshr(qh, splat(s)), splat(1)), splat(4)))
+            scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 32), [s] * 32))
+            return builder.mul(builder.zext(q, v32i16), scale)
 
-            def sub_block(b, s):   # scale[s] * q for the 32 weights of sub-block s of block b
-                ob, scales, qh = blocks[b]
-                v = _load_at(builder, rp, builder.add(ob, c(qs_at + 32 * (s // 2))), V32I8)
-                q = builder.and_(v, splat(15)) if s % 2 == 0 else builder.lshr(v, splat(4))
-                if qh is not None:   # bit s of qh byte l is bit 4 of element l
-                    q = builder.or_(q, builder.shl(builder.and_(builder.lshr(qh, splat(s)), splat(1)), splat(4)))
-                scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 32), [s] * 32))
-                return builder.mul(builder.zext(q, v32i16), scale)
-
-            _write_group(builder, wp, dp, y_, j_, ds, sub_block)
-            return context.get_dummy_value()
-
-        return types.none(row, o, w16, y, dsc, msc, j), codegen
-    return k_unpack16
+        _write_group(builder, wp, dp, y_, j_, ds, sub_block)
+    return _unpack_intrinsic(body)
 
 
 # scale[s] * q (int16) for the 256 weights of each of g Q4_K blocks from row[o:] (144 bytes each; Q5_K: 176, q with
@@ -113,33 +116,22 @@ q4_k_unpack16_g4, q5_k_unpack16_g2 = _k_unpack16(None, 16, 144, 4), _k_unpack16(
 
 
 def _q6_k_unpack16(g):
-    @intrinsic
-    def q6_k_unpack16(typingctx, row, o, w16, y, dsc, j):
-        """scale[e // 16] * (u - 32) (int16) for the 256 weights of each of g Q6_K blocks from row[o:] (210 bytes
-        each) into a group of prefill's layout at w16[y], their d to dsc (_write_group)."""
-        if not (_ok(row) and w16 == I16ARR_W and dsc == F32ARR_W and all(isinstance(t, types.Integer) for t in (o, y, j))):
-            return None
+    """scale[e // 16] * (u - 32) (int16) for the 256 weights of each of g Q6_K blocks from row[o:] (210 bytes each)
+    into a group of prefill's layout at w16[y], their d to dsc (_write_group); msc untouched (no mins)."""
+    def body(builder, rp, wp, dp, mp, o_, y_, j_):
+        v32i16 = ir.VectorType(I16, 32)
+        ats = [lambda k, b=b: builder.add(o_, ir.Constant(I64, 210 * b + k)) for b in range(g)]
+        ds = [_half_pair(builder, rp, at(206))[1] for at in ats]   # d: bytes 208-209
+        scales = [builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16) for at in ats]
+        quants = [[_q6_k_quants(builder, rp, at, h) for h in range(2)] for at in ats]   # [block][half][column]
 
-        def codegen(context, builder, sig, args):
-            rp, wp, dp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 2, 4))
-            o_, y_, j_ = _i64(builder, args[1]), _i64(builder, args[3]), _i64(builder, args[5])
-            v32i16 = ir.VectorType(I16, 32)
-            ats = [lambda k, b=b: builder.add(o_, ir.Constant(I64, 210 * b + k)) for b in range(g)]
-            ds = [_half_pair(builder, rp, at(206))[1] for at in ats]   # d: bytes 208-209
-            scales = [builder.sext(_load_at(builder, rp, at(192), V16I8), V16I16) for at in ats]
-            quants = [[_q6_k_quants(builder, rp, at, h) for h in range(2)] for at in ats]   # [block][half][column]
+        def sub_block(b, s):   # elements 32 s .. 32 s + 31: half s // 4, column s % 4; scales 2 s, 2 s + 1
+            scale = builder.shuffle_vector(scales[b], ir.Constant(V16I16, None),
+                                           ir.Constant(ir.VectorType(I32, 32), [2 * s] * 16 + [2 * s + 1] * 16))
+            return builder.mul(builder.sub(builder.zext(quants[b][s // 4][s % 4], v32i16), ir.Constant(v32i16, [32] * 32)), scale)
 
-            def sub_block(b, s):   # elements 32 s .. 32 s + 31: half s // 4, column s % 4; scales 2 s, 2 s + 1
-                q = quants[b][s // 4][s % 4]
-                scale = builder.shuffle_vector(scales[b], ir.Constant(V16I16, None),
-                                               ir.Constant(ir.VectorType(I32, 32), [2 * s] * 16 + [2 * s + 1] * 16))
-                return builder.mul(builder.sub(builder.zext(q, v32i16), ir.Constant(v32i16, [32] * 32)), scale)
-
-            _write_group(builder, wp, dp, y_, j_, ds, sub_block)
-            return context.get_dummy_value()
-
-        return types.none(row, o, w16, y, dsc, j), codegen
-    return q6_k_unpack16
+        _write_group(builder, wp, dp, y_, j_, ds, sub_block)
+    return _unpack_intrinsic(body)
 
 
 # g = 4: with 14-bit activations (activations.quantize_prefill's qmax), where 64 products of |w16| <= 4096 fit int32

@@ -7,7 +7,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .simd import I16, I32, I64, V16I8, V32I8, _load_at, _loop
-from .simd_prefill import _four_rows, _store_at, _unpack_args, _unpack_ok, _w4x2_ok
+from .simd_prefill import _four_rows, _store_at, _unpack_intrinsic, _w4x2_ok
 
 
 def _w32_4x2(wide, mins):
@@ -83,61 +83,52 @@ def _b32_unpack16(kind):
     nbytes = B32_BYTES[kind]
     qs_at, qh_at = (2, 4, 2, 6, 8)[kind], (None, None, None, 2, 4)[kind]
 
-    @intrinsic
-    def unpack(typingctx, row, o, w16, y, dsc, msc, j):
-        if not _unpack_ok(row, o, w16, y, dsc, msc, j):
-            return None
-
-        def codegen(context, builder, sig, args):
-            rp, wp, dp, mp, o_, y_, j_ = _unpack_args(context, builder, sig, args)
-            v16i32, v32i16 = ir.VectorType(I32, 16), ir.VectorType(I16, 32)
-            # the blocks' d (and m) as one vector: 16 f16 -> float32 in one conversion
-            v16i16, v16f = ir.VectorType(I16, 16), ir.VectorType(ir.FloatType(), 16)
-            for ptr, at in ((dp, 0), (mp, 2 if kind in (1, 4) else None)):
-                f = ir.Constant(v16f, [0.0] * 16)
-                if at is not None:
-                    h = ir.Constant(v16i16, [0] * 16)
-                    for i in range(16):
-                        h = builder.insert_element(h, _load_at(builder, rp, builder.add(o_, ir.Constant(I64, nbytes * i + at)), I16), ir.Constant(I32, i))
-                    f = builder.fpext(builder.bitcast(h, ir.VectorType(ir.HalfType(), 16)), v16f)
-                _store_at(builder, ptr, j_, f)
-            rows = []
-            v32i32 = ir.VectorType(I32, 32)
-            for i in range(16):
-                at = lambda k: builder.add(o_, ir.Constant(I64, nbytes * i + k))  # noqa: E731
-                if kind == 2:
-                    q = builder.sext(_load_at(builder, rp, at(qs_at), V32I8), v32i16)
-                else:   # element l < 16: low nibble of byte l; 16 + l: its high nibble
-                    v = _load_at(builder, rp, at(qs_at), V16I8)
-                    both = builder.shuffle_vector(builder.and_(v, ir.Constant(V16I8, [15] * 16)), builder.lshr(v, ir.Constant(V16I8, [4] * 16)),
-                                                  ir.Constant(v32i32, list(range(32))))
-                    q = builder.zext(both, v32i16)
-                    if qh_at is not None:   # bit e of the u32 qh is bit 4 of element e
-                        qh = builder.shuffle_vector(builder.insert_element(ir.Constant(ir.VectorType(I32, 1), None), _load_at(builder, rp, at(qh_at), I32),
-                                                                           ir.Constant(I32, 0)),
-                                                    ir.Constant(ir.VectorType(I32, 1), None), ir.Constant(v32i32, [0] * 32))
-                        bits = builder.and_(builder.lshr(qh, ir.Constant(v32i32, list(range(32)))), ir.Constant(v32i32, [1] * 32))
-                        q = builder.or_(q, builder.shl(builder.trunc(bits, v32i16), ir.Constant(v32i16, [4] * 32)))
-                    if kind in (0, 3):
-                        q = builder.sub(q, ir.Constant(v32i16, [8 if kind == 0 else 16] * 32))
-                rows.append(builder.bitcast(q, v16i32))
-            s = 8
-            while s:   # swap the off-diagonal s x s blocks of every 2s x 2s block
-                new = list(rows)
+    def body(builder, rp, wp, dp, mp, o_, y_, j_):
+        v16i32, v32i16 = ir.VectorType(I32, 16), ir.VectorType(I16, 32)
+        # the blocks' d (and m) as one vector: 16 f16 -> float32 in one conversion
+        v16i16, v16f = ir.VectorType(I16, 16), ir.VectorType(ir.FloatType(), 16)
+        for ptr, at in ((dp, 0), (mp, 2 if kind in (1, 4) else None)):
+            f = ir.Constant(v16f, [0.0] * 16)
+            if at is not None:
+                h = ir.Constant(v16i16, [0] * 16)
                 for i in range(16):
-                    if i & s:
-                        continue
-                    lo = [j if not j & s else 16 + j - s for j in range(16)]
-                    hi = [j + s if not j & s else 16 + j for j in range(16)]
-                    new[i] = builder.shuffle_vector(rows[i], rows[i + s], ir.Constant(ir.VectorType(I32, 16), lo))
-                    new[i + s] = builder.shuffle_vector(rows[i], rows[i + s], ir.Constant(ir.VectorType(I32, 16), hi))
-                rows, s = new, s // 2
-            for j in range(16):
-                _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * j)), rows[j])
-            return context.get_dummy_value()
-
-        return types.none(row, o, w16, y, dsc, msc, j), codegen
-    return unpack
+                    h = builder.insert_element(h, _load_at(builder, rp, builder.add(o_, ir.Constant(I64, nbytes * i + at)), I16), ir.Constant(I32, i))
+                f = builder.fpext(builder.bitcast(h, ir.VectorType(ir.HalfType(), 16)), v16f)
+            _store_at(builder, ptr, j_, f)
+        rows = []
+        v32i32 = ir.VectorType(I32, 32)
+        for i in range(16):
+            at = lambda k: builder.add(o_, ir.Constant(I64, nbytes * i + k))  # noqa: E731
+            if kind == 2:
+                q = builder.sext(_load_at(builder, rp, at(qs_at), V32I8), v32i16)
+            else:   # element l < 16: low nibble of byte l; 16 + l: its high nibble
+                v = _load_at(builder, rp, at(qs_at), V16I8)
+                both = builder.shuffle_vector(builder.and_(v, ir.Constant(V16I8, [15] * 16)), builder.lshr(v, ir.Constant(V16I8, [4] * 16)),
+                                              ir.Constant(v32i32, list(range(32))))
+                q = builder.zext(both, v32i16)
+                if qh_at is not None:   # bit e of the u32 qh is bit 4 of element e
+                    qh = builder.shuffle_vector(builder.insert_element(ir.Constant(ir.VectorType(I32, 1), None), _load_at(builder, rp, at(qh_at), I32),
+                                                                       ir.Constant(I32, 0)),
+                                                ir.Constant(ir.VectorType(I32, 1), None), ir.Constant(v32i32, [0] * 32))
+                    bits = builder.and_(builder.lshr(qh, ir.Constant(v32i32, list(range(32)))), ir.Constant(v32i32, [1] * 32))
+                    q = builder.or_(q, builder.shl(builder.trunc(bits, v32i16), ir.Constant(v32i16, [4] * 32)))
+                if kind in (0, 3):
+                    q = builder.sub(q, ir.Constant(v32i16, [8 if kind == 0 else 16] * 32))
+            rows.append(builder.bitcast(q, v16i32))
+        s = 8
+        while s:   # swap the off-diagonal s x s blocks of every 2s x 2s block
+            new = list(rows)
+            for i in range(16):
+                if i & s:
+                    continue
+                lo = [j if not j & s else 16 + j - s for j in range(16)]
+                hi = [j + s if not j & s else 16 + j for j in range(16)]
+                new[i] = builder.shuffle_vector(rows[i], rows[i + s], ir.Constant(ir.VectorType(I32, 16), lo))
+                new[i + s] = builder.shuffle_vector(rows[i], rows[i + s], ir.Constant(ir.VectorType(I32, 16), hi))
+            rows, s = new, s // 2
+        for j in range(16):
+            _store_at(builder, wp, builder.add(y_, ir.Constant(I64, 32 * j)), rows[j])
+    return _unpack_intrinsic(body)
 
 
 q4_0_unpack16, q4_1_unpack16, q8_0_unpack16, q5_0_unpack16, q5_1_unpack16 = (_b32_unpack16(kind) for kind in range(5))
