@@ -252,7 +252,7 @@ def matmuls(ws: list[QuantizedTensor], x: np.ndarray, exact: bool = False) -> li
     if 1 < x.shape[0] < min(_matvec_below(w, exact) for w in ws):   # token by token, x quantized once per scheme
         acts = {s: _token_activations(s, x) for s in {_int_scheme(w) for w in ws}}
         return [_tokens_matmul(w, acts[_int_scheme(w)]) for w in ws]
-    schemes = [_prefill_scheme(w, exact, x.shape[0]) for w in ws]
+    schemes = [_prefill_scheme(w, exact, x.shape[0], INT_PATH) for w in ws]
     if x.shape[0] > 1 and None not in schemes:   # integer prefill: x quantized once per layout
         acts = {s: _prefill_activations(x, s) for s in set(schemes)}
         return [_int_matmul(w, acts[s], s, INT_PATH) for w, s in zip(ws, schemes)]
@@ -281,7 +281,7 @@ def matmul(w: QuantizedTensor, x: np.ndarray, exact: bool = False) -> np.ndarray
         return matvec(w, x[0], exact)[None, :]
     if x.shape[0] < _matvec_below(w, exact):
         return _tokens_matmul(w, _token_activations(_int_scheme(w), x))
-    scheme = _prefill_scheme(w, exact, x.shape[0])
+    scheme = _prefill_scheme(w, exact, x.shape[0], INT_PATH)
     if scheme is not None:
         return _int_matmul(w, _prefill_activations(x, scheme), scheme, INT_PATH)
     return _blas_matmul(w, x)

@@ -16,6 +16,8 @@ from numba import prange, types
 from . import intdot_prefill
 from .activations import QMAX, QMAX14, TOKENS_PAD, aligned_int16, quantize_prefill, quantize_prefill32
 from .jit import KERNEL, MINS_SIG, OUT2, ROWS, UNPACK16_SIG, W4X2_SIG, kernel_address, njit_parallel, pointer_call
+from .prefill_amx import TILE_TOKENS, amx_rows, amx_tokens
+from .simd_amx import HAS_AMX
 from .tensor import QuantizedTensor
 
 _call_unpack16, _call_4x2, _call_mins = pointer_call(UNPACK16_SIG), pointer_call(W4X2_SIG), pointer_call(MINS_SIG)
@@ -118,13 +120,15 @@ def _prefill_kernels(ggml_type: int, path: str, scheme: tuple):
             0 if mins is None else kernel_address(mins, MINS_SIG))
 
 
-def _prefill_scheme(w: QuantizedTensor, exact: bool, n_tokens: int) -> tuple | None:
-    """Integer prefill's layout for w and n_tokens tokens (a _PREFILL key: (g, qmax) for the K-quants, g blocks
-    interleaved, the most its type allows where K is a multiple of 256 g, from GROUP_TOKENS tokens on, and the
-    activations' range (Q6_K's groups of four take 14-bit activations); B32 for sixteen interleaved blocks of
-    32), None where it dequantizes for BLAS."""
+def _prefill_scheme(w: QuantizedTensor, exact: bool, n_tokens: int, path: str) -> tuple | None:
+    """Integer prefill's layout for w and n_tokens tokens on path (a _PREFILL key: AMX_KEY for the K-quants on
+    AMX; else (g, qmax) for the K-quants, g blocks interleaved, the most its type allows where K is a multiple of
+    256 g, from GROUP_TOKENS tokens on, and the activations' range (Q6_K's groups of four take 14-bit
+    activations); B32 for sixteen interleaved blocks of 32), None where it dequantizes for BLAS."""
     if exact:
         return None
+    if w.ggml_type in _UNPACK and AMX and path == "avx512" and n_tokens >= AMX_TOKENS:
+        return AMX_KEY
     if w.ggml_type in _UNPACK:
         g = max(g for g in _UNPACK[w.ggml_type] if w.shape[1] % (256 * g) == 0 and (g == 1 or n_tokens >= GROUP_TOKENS))
         return (g, QMAX14 if w.ggml_type == T.Q6_K and g > 1 else QMAX)
@@ -136,12 +140,24 @@ def _prefill_scheme(w: QuantizedTensor, exact: bool, n_tokens: int) -> tuple | N
 GROUP_TOKENS = 8
 
 
+# K-quant prefill on AMX tiles (prefill_amx.py) where the CPU has them: on the avx512 path, whose kernels fold the
+# tiles (tests turn it off to compare the AVX-512 kernels with their portable twins), from AMX_TOKENS tokens on
+AMX, AMX_TOKENS = HAS_AMX, 8
+
+
+def _quantize_amx(x: np.ndarray):
+    """x (T, K) -> xh, xl, xd (prefill_amx.amx_tokens) and pxt (quantize_prefill's, for the mins kernel)."""
+    d, q16, pxt = quantize_prefill(x, 1, QMAX)
+    return (*amx_tokens(q16, d), pxt)
+
+
 # Integer prefill layouts (_prefill_scheme): the tokens' quantizer, and per unit of the layout its elements,
 # weight scales and mins (the _w16_rows arguments)
 B32 = (32, QMAX)   # the key of the 32-block types' layout
+AMX_KEY = ("amx", QMAX)
 _PREFILL = {**{(g, q): (partial(quantize_prefill, g=g, qmax=q), 256 * g, 16 if g > 1 else 1, 8 * g)
                for g, q in ((1, QMAX), (2, QMAX), (4, QMAX), (4, QMAX14))},
-            B32: (quantize_prefill32, 512, 16, 16)}
+            B32: (quantize_prefill32, 512, 16, 16), AMX_KEY: (_quantize_amx, 256, 1, 8)}
 
 
 def _prefill_activations(x: np.ndarray, scheme: tuple):
@@ -154,8 +170,10 @@ def _prefill_activations(x: np.ndarray, scheme: tuple):
 
 
 def _int_matmul(w: QuantizedTensor, acts, scheme: tuple, path: str) -> np.ndarray:
-    """Integer dot products, for a tile of tokens at a time (_w16_rows); K by segments of SEG_BLOCKS x 256
-    weights in either layout."""
+    """Integer dot products, for a tile of tokens at a time (_w16_rows, or amx_rows for AMX_KEY); K by segments of
+    SEG_BLOCKS x 256 weights in either layout."""
+    if scheme == AMX_KEY:
+        return _amx_matmul(w, acts, path)
     n_t, (xd, q16, px) = acts
     _, unit, dper, mper = _PREFILL[scheme]
     unpack, dot4x2, mins = _prefill_kernels(w.ggml_type, path, scheme)
@@ -171,3 +189,20 @@ def _int_matmul(w: QuantizedTensor, acts, scheme: tuple, path: str) -> np.ndarra
         _w16_rows(unpack, dot4x2, mins, w.data, q16[t0:t1], xd[t0:t1], tile_px, out[t0:t1], block_rows, seg, unit, dper, mper,
                   px.shape[1])
     return out[:n_t]
+
+
+def _amx_matmul(w: QuantizedTensor, acts, path: str) -> np.ndarray:
+    """_int_matmul on AMX tiles (prefill_amx.amx_rows), a chunk of tokens at a time (their bytes of a segment in
+    half of L2, as _int_matmul's tiles); the g = 1 unpackers and the mins kernel of path."""
+    n_t, (xh, xl, xd, px) = acts
+    unpack, _, mins = _prefill_kernels(w.ggml_type, path, (1, QMAX))
+    out = np.empty((n_t + n_t % 2, w.shape[0]), np.float32)
+    n_tiles = xd.shape[1] // TILE_TOKENS
+    chunk = max(1, TILE_BYTES // (2 * SEG_BLOCKS * 256) // TILE_TOKENS)   # token tiles
+    for tt0 in range(0, n_tiles, chunk):
+        amx_rows(unpack, mins, w.data, xh, xl, xd, px.reshape(-1)[TILE_TOKENS * tt0:], out, AMX_ROWS, SEG_BLOCKS,
+                 px.shape[1], tt0, min(chunk, n_tiles - tt0))
+    return out[:n_t]
+
+
+AMX_ROWS = 64   # rows a thread unpacks at a time for AMX (a multiple of 16)

@@ -199,7 +199,9 @@ def test_forward_pass_same_bits_on_every_kernel_path(tiny_gguf, cfg, monkeypatch
     AVX2 and AVX-512 where this CPU has them: the same bits."""
     import quant.kernels as qk
     from quant.simd import HAS_AVX2, HAS_AVX512
+    import quant.prefill as pf
     monkeypatch.setattr(qk, "INTEGER", True)   # the integer kernels even on a CPU without AVX2
+    monkeypatch.setattr(pf, "AMX", False)      # the AVX-512 kernels on their path, not AMX's (tests/test_amx.py)
     m = gguf_runner.load(tiny_gguf(cfg, quant=15))
     ids = ids_for(cfg, 12)
     runs = {}

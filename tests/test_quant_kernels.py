@@ -186,10 +186,13 @@ def test_prefill_of_grouped_k_quants(ggml_type, k, monkeypatch):
     from quant.simd import HAS_AVX2, HAS_AVX512
     monkeypatch.setattr(pf, "TILE_BYTES", 1 << 14)
     monkeypatch.setattr(pf, "SEG_BLOCKS", 4)
+    monkeypatch.setattr(pf, "AMX", False)   # the AVX-512 kernels, not AMX's (tests/test_amx.py)
     w = random_tensor(ggml_type, (N, k), seed=41)
     want_g = {T.Q4_K: 4 if k % 1024 == 0 else 1, T.Q5_K: 2, T.Q6_K: 4 if k % 1024 == 0 else 1}[ggml_type]
     qmax = pf.QMAX14 if ggml_type == T.Q6_K and want_g > 1 else pf.QMAX
-    assert pf._prefill_scheme(w, False, 37) == (want_g, qmax) and pf._prefill_scheme(w, False, pf.GROUP_TOKENS - 1) == (1, pf.QMAX)
+    for path in ("portable", "avx2", "avx512"):
+        assert pf._prefill_scheme(w, False, 37, path) == (want_g, qmax)
+        assert pf._prefill_scheme(w, False, pf.GROUP_TOKENS - 1, path) == (1, pf.QMAX)
     xs = (np.random.default_rng(42).standard_normal((37, k)) * np.random.default_rng(43).uniform(0.01, 100, (37, 1))).astype(np.float32)
     ref = xs.astype(np.float64) @ dequantize(w).astype(np.float64).T
     prefill = {}
@@ -260,6 +263,7 @@ def test_portable_and_simd_paths_bit_identical(ggml_type, path, monkeypatch):
     if not {"avx2": HAS_AVX2, "avx512": HAS_AVX512}[path]:
         pytest.skip(f"this CPU cannot run the {path} kernels")
     monkeypatch.setattr(pf, "SEG_BLOCKS", 2)   # prefill goes along K = 768 in two segments
+    monkeypatch.setattr(pf, "AMX", False)       # the AVX-512 kernels, not AMX's (tests/test_amx.py)
     w = random_tensor(ggml_type, (N, K), seed=13)
     rng = np.random.default_rng(14)
     x, xs = rng.standard_normal(K).astype(np.float32), rng.standard_normal((5, K)).astype(np.float32)
@@ -437,7 +441,8 @@ def test_constructor_validates_shape_and_data():
 
 def test_second_process_compiles_nothing():
     """Numba's on-disk cache: a fresh process finds every kernel compiled (this process, or an
-    earlier run, filled the cache)."""
+    earlier run, filled the cache), AMX's included where the CPU has it."""
+    from quant.simd_amx import HAS_AMX
     for ggml_type in SUPPORTED_TYPES:  # make sure every kernel is in the cache
         for exact in (False, True):
             matmul(random_tensor(ggml_type, (3, K)), np.ones((24, K), np.float32), exact=exact)   # 24: not token by token
@@ -447,8 +452,11 @@ def test_second_process_compiles_nothing():
         matvec(random_tensor(ggml_type, (3, 96)), np.ones(96, np.float32))
         matmuls([random_tensor(ggml_type, (3, 96))] * 2, np.ones((1, 96), np.float32))
     matmuls([random_tensor(T.Q4_K, (3, K))] * 2, np.ones((1, K), np.float32))
-    for ggml_type in (T.Q4_K, T.Q5_K, T.Q6_K):   # K = 1024: the layouts of four and two blocks a group
-        matmul(random_tensor(ggml_type, (3, 1024)), np.ones((24, 1024), np.float32))
+    for amx in {False, pf.AMX}:   # K = 1024: the layouts of four and two blocks a group (AMX off), AMX's
+        pf.AMX, was = amx, pf.AMX
+        for ggml_type in (T.Q4_K, T.Q5_K, T.Q6_K):
+            matmul(random_tensor(ggml_type, (3, 1024)), np.ones((24, 1024), np.float32))
+        pf.AMX = was
     script = """if True:
         import numpy as np
         from quant import QuantizedTensor, SUPPORTED_TYPES, matvec, matmul
@@ -457,14 +465,18 @@ def test_second_process_compiles_nothing():
         from quant import activations
         from quant.kernels import _dequantize_rows, _dequantize_rows_serial, _dot_rows, _dot16_rows, _dot32_rows
         import quant.prefill as pf
+        import quant.prefill_amx as pa
         from quant.prefill import _w16_rows
         for t, fmt in FORMATS.items():
             w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
             matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((24, 768), np.float32)); matmul(w, np.ones((2, 768), np.float32))
             matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((24, 768), np.float32), exact=True)
-        for t in (12, 13, 14):   # Q4_K, Q5_K, Q6_K at K = 1024: four, two and four blocks a group
-            w = QuantizedTensor("w", t, (3, 1024), np.zeros((3, 4 * FORMATS[t].BYTES), np.uint8))
-            matmul(w, np.ones((24, 1024), np.float32))
+        for amx in {False, pf.AMX}:
+            pf.AMX, was = amx, pf.AMX
+            for t in (12, 13, 14):   # Q4_K, Q5_K, Q6_K at K = 1024: four, two and four blocks a group
+                w = QuantizedTensor("w", t, (3, 1024), np.zeros((3, 4 * FORMATS[t].BYTES), np.uint8))
+                matmul(w, np.ones((24, 1024), np.float32))
+            pf.AMX = was
         for t in qk._DECODE32:   # K = 96: blocks of 32 only
             w = QuantizedTensor("w", t, (3, 96), np.zeros((3, 3 * FORMATS[t].BYTES), np.uint8))
             matvec(w, np.ones(96, np.float32)); qk.matmuls([w, w], np.ones((1, 96), np.float32))
@@ -478,6 +490,7 @@ def test_second_process_compiles_nothing():
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE32.values()]
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE_TOKENS.values()] + list(pf._UNPACK32.values())
         kernels += [ks[qk.INT_PATH] for ks in pf._W4X2.values()] + [pf._MINS[qk.INT_PATH], pf._W32[qk.INT_PATH], pf._W32_NOMINS[qk.INT_PATH]]
+        kernels += [pa.amx_rows, pa._amx_tokens] if pf.AMX else []
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
@@ -487,7 +500,7 @@ def test_second_process_compiles_nothing():
     from quant.kernels import INT_PATH
     kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(len(ks) for ks in _UNPACK.values())   # decode + prefill unpackers
     kernels += len(_DECODE32) + len(_DECODE_TOKENS) + len(_UNPACK32)
-    assert misses == 0 and hits == 15 + 2 * len(FORMATS) + kernels + 6, out.stdout
+    assert misses == 0 and hits == 15 + 2 * len(FORMATS) + kernels + 6 + (2 if HAS_AMX else 0), out.stdout
 
 
 def test_kernel_calls_do_not_call_back_into_python(monkeypatch):

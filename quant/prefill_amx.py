@@ -1,0 +1,130 @@
+"""Integer prefill of the K-quants on Intel AMX (simd_amx.py): the tokens' layout, the driver and the portable twin.
+
+The tokens are quantized as for the other paths (activations.quantize_prefill, one block a group, 16-bit), then
+split into high and low bytes in the layout of TMUL's B tiles (amx_tokens). Each thread takes a block of rows at a
+time, unpacks a segment of K of them with the g = 1 unpackers of the AVX-512 path (int16 q times sub-block scale,
+each block's d, the mins) and splits them into bytes (split_bytes); simd_amx.k_tiles meets every 16 of those rows
+with all the tokens of the tile; Q4_K's and Q5_K's mins go through the mins kernel as on the other paths. Each
+output row is computed by one thread in a fixed order, so results do not depend on the thread count.
+"""
+import numpy as np
+from numba import prange, types
+
+from .activations import BLOCK
+from .jit import KERNEL, MINS_SIG, OUT2, ROWS, UNPACK16_SIG, njit, njit_parallel, pointer_call
+from .simd_amx import TILE_CONFIG, k_tiles, tile_config, tile_release
+
+_call_unpack16, _call_mins = pointer_call(UNPACK16_SIG), pointer_call(MINS_SIG)
+_CONFIG = np.frombuffer(TILE_CONFIG, np.uint8)
+TILE_TOKENS = 16   # tokens of a B tile (and rows of an A tile)
+
+
+@njit(inline="always")
+def _hi_lo(q):
+    """A 16-bit q16 as 256 hi + lo, both signed bytes (|q| <= 32512 keeps hi within -127..127)."""
+    hi = (np.int32(q) + 128) >> 8
+    return np.int8(hi), np.int8(np.int32(q) - 256 * hi)
+
+
+@njit_parallel
+def _amx_tokens(q16, d, xh, xl, xd):
+    n_t, k = q16.shape
+    for tt in prange(xh.shape[0] // (16 * k)):
+        base = tt * 16 * k
+        for t in range(16):
+            tok = 16 * tt + t
+            for b in range(k // BLOCK):
+                xd[b, tok] = d[tok, b] if tok < n_t else 0
+            for e in range(k):   # element e: K-step e // 64, tile row (e % 64) // 4, byte e % 4 of token t's four
+                at = base + 1024 * (e // 64) + 64 * ((e % 64) // 4) + 4 * t + e % 4
+                if tok < n_t:
+                    xh[at], xl[at] = _hi_lo(q16[tok, e])
+                else:
+                    xh[at], xl[at] = 0, 0
+
+
+def amx_tokens(q16: np.ndarray, d: np.ndarray):
+    """q16 (T, K) int16 and d (T, K/256) (activations.quantize_prefill, g = 1) -> xh, xl ((T16/16) 16 K,) int8 and
+    xd (K/256, T16) f32, T16 = T rounded up to 16 (padding tokens zero): token tile tt at 16 K tt, then its 64s
+    of K 1024 bytes each, in TMUL's B layout (row i: the tile's 16 tokens' elements 4i .. 4i + 3 of the 64)."""
+    n_t, k = q16.shape
+    t16 = -(-n_t // TILE_TOKENS) * TILE_TOKENS
+    xh, xl = np.empty(t16 * k, np.int8), np.empty(t16 * k, np.int8)
+    xd = np.empty((k // BLOCK, t16), np.float32)
+    _amx_tokens(q16, d, xh, xl, xd)
+    return xh, xl, xd
+
+
+@njit(inline="always")
+def split_bytes(w16, wh, wl):
+    """int16 weights (q times scale, |w| < 2^15) -> wh = w >> 8 (signed), wl = w & 255 (read as unsigned)."""
+    for i in range(w16.size):
+        w = np.int32(w16[i])
+        wh[i], wl[i] = np.int8(w >> 8), np.int8((w & 255) - 256 * ((w & 255) >> 7))
+
+
+I8RO = types.Array(types.int8, 1, "C", readonly=True)
+
+
+@njit_parallel(types.void(KERNEL, KERNEL, ROWS, I8RO, I8RO, types.Array(types.float32, 2, "C", readonly=True),
+                          types.Array(types.float32, 1, "C", readonly=True), OUT2, *(types.int64,) * 5))
+def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0, ntt):
+    """out[16 tt0 + t, r] (t < 16 ntt, the token tiles tt0 .. tt0 + ntt - 1) = row r . token (simd_amx.k_tiles), for
+    K-quant rows unpacked by unpack (g = 1); mins (Q4_K, Q5_K; else 0) with pf the tokens' sums by sub-block from
+    the chunk's first token (row stride ldp). A thread takes block_rows rows at a time and goes along K by
+    segments of seg blocks: it unpacks its rows' segment (the last row repeated to fill 16), splits them into
+    bytes, then every 16 rows meet all the chunk's tokens. A (row, token) sums its segments in float64, in order."""
+    n, k = rows.shape[0], xd.shape[0] * BLOCK
+    nb, t16, nt = k // BLOCK, xd.shape[1], 16 * ntt
+    n_out = min(nt, out.shape[0] - 16 * tt0)
+    xdf = xd.reshape(xd.size)
+    for task in prange((n + block_rows - 1) // block_rows):
+        r0 = task * block_rows
+        nr = min(block_rows, n - r0)
+        n16 = (nr + 15) // 16 * 16
+        w16 = np.empty(n16 * seg * BLOCK, np.int16)
+        wh, wl = np.empty(n16 * seg * BLOCK, np.int8), np.empty(n16 * seg * BLOCK, np.int8)
+        dsc, msc = np.empty(n16 * seg, np.float32), np.empty(n16 * seg * 8, np.float32)
+        acc = np.zeros(n16 * nt, np.float64)   # acc[i nt + t]: row r0 + i, token t of the chunk
+        accm = np.zeros((n16, nt if mins else 0), np.float64)
+        tile_config(_CONFIG)
+        for b0 in range(0, nb, seg):
+            sb = min(seg, nb - b0)
+            _call_unpack16(unpack, (rows, r0, nr, n16, b0, sb, w16, dsc, msc))
+            split_bytes(w16[:n16 * sb * BLOCK], wh, wl)
+            for rt in range(n16 // 16):
+                k_tiles(wh, wl, 16 * rt * sb * BLOCK, sb * BLOCK, xh, xl, 16 * tt0 * k + 4096 * b0, 16 * k, ntt,
+                        xdf, b0 * t16 + 16 * tt0, t16, dsc, 16 * rt * sb, sb, sb, acc, 16 * rt * nt, nt)
+            if mins:
+                _call_mins(mins, (msc[:n16 * sb * 8], pf, 8 * b0, ldp, accm))
+        tile_release()
+        for t in range(n_out):
+            if mins:
+                for i in range(nr):
+                    out[16 * tt0 + t, r0 + i] = acc[i * nt + t] - accm[i, t]
+            else:
+                for i in range(nr):
+                    out[16 * tt0 + t, r0 + i] = acc[i * nt + t]
+
+
+def amx_reference(w16: np.ndarray, dsc: np.ndarray, q16: np.ndarray, d: np.ndarray, seg: int) -> np.ndarray:
+    """Numpy twin of amx_rows before the mins: w16 (N, K) int16 (q times scale, the unpack's), dsc (N, K/256) its
+    d, q16 (T, K) and d (T, K/256) the tokens' (quantize_prefill, g = 1) -> (N, T) float64. Per segment of seg
+    blocks and block b: the exact integer sums hh, mid, ll of simd_amx's byte split, then its float32 operations
+    in its order; the segments added in float64."""
+    wh, wl = w16.astype(np.int64) >> 8, w16.astype(np.int64) & 255
+    hi = (q16.astype(np.int64) + 128) >> 8
+    lo = q16 - 256 * hi
+    nb = w16.shape[1] // BLOCK
+    acc64 = np.zeros((w16.shape[0], q16.shape[0]))
+    f32 = np.float32
+    for b0 in range(0, nb, seg):
+        acc = np.zeros(acc64.shape, f32)
+        for b in range(b0, min(nb, b0 + seg)):
+            e = slice(BLOCK * b, BLOCK * (b + 1))
+            hh, ll = wh[:, e] @ hi[:, e].T, wl[:, e] @ lo[:, e].T
+            mid = wh[:, e] @ lo[:, e].T + wl[:, e] @ hi[:, e].T
+            f = (hh.astype(f32) * f32(65536) + mid.astype(f32) * f32(256)) + ll.astype(f32)
+            acc = acc + f * (d[None, :, b] * dsc[:, b, None])
+        acc64 += acc
+    return acc64

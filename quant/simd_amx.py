@@ -1,0 +1,155 @@
+"""Intel AMX (Advanced Matrix Extensions) for the K-quants' prefill, emitted as LLVM IR like simd.py.
+
+A TMUL instruction (tdpb*d) adds the int8 product of a 16 x 64 tile A and a 64 x 16 tile B into a 16 x 16
+int32 tile C: 16384 multiply-adds, where AVX-512 VNNI's vpdpwssd does 32. Our activations are 16-bit
+(activations.py: int8 would cost ~7e-3 relative error a dot product) and the K-quant weights times their
+sub-block scales (w = sc q) up to 13 bits, so each side is split into two bytes and a product takes four
+TMULs, exactly: x = 256 xh + xl (xh, xl signed), w = 256 wh + wl (wh signed, wl in 0..255), and
+w x = 65536 wh xh + 256 (wh xl + wl xh) + wl xl: three int32 tiles (the middle one takes two TMULs).
+A is the weights, 16 rows by 64 of K as the unpack lays them out (row-major); B the tokens, 16 of them by 64
+of K in the "VNNI" layout TMUL wants (row i: each token's elements 4i .. 4i + 3; prefill_amx.amx_tokens).
+Per block of 256 the tiles go to memory and AVX-512 folds them into float32 accumulators (the block's
+weight d and tokens' d differ); prefill_amx.py has the driver and the portable twin of these operations.
+
+Linux gives a process the tile registers only when it asks (arch_prctl ARCH_REQ_XCOMP_PERM); HAS_AMX asks
+once, here. Each thread loads the tile configuration (tile_config) before its first TMUL.
+"""
+import ctypes
+import platform
+import sys
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .simd import _FEATURES, HAS_AVX512, I8, I32, I64, _fn, _i64, _load_at, _loop, _splat
+
+V16F, V16I32 = ir.VectorType(ir.FloatType(), 16), ir.VectorType(I32, 16)
+P8 = I8.as_pointer()
+
+
+def _amx_permitted() -> bool:
+    """Ask Linux for the tile data state (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): True if granted."""
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(158, 0x1023, 18) == 0   # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+    except (OSError, AttributeError):
+        return False
+
+
+HAS_AMX = HAS_AVX512 and all(_FEATURES.get(f, False) for f in ("amx-tile", "amx-int8")) and _amx_permitted()
+
+# The configuration every AMX kernel here uses (palette 1): tiles 0-6 of 16 rows by 64 bytes. 0, 1: the weights'
+# wh and wl (A); 2, 3: the tokens' xh and xl (B); 4, 5, 6: the int32 sums of wh xh, wh xl + wl xh and wl xl.
+TILE_CONFIG = bytes([1, 0] + [0] * 14 + [64, 0] * 7 + [0, 0] * 9 + [16] * 7 + [0] * 9)
+
+
+def _byte_ptr(context, builder, arrty, arr, offset):
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [offset]), P8)
+
+
+@intrinsic
+def tile_config(typingctx, cfg):
+    """ldtilecfg from the 64 bytes of cfg (TILE_CONFIG): this thread's tile shapes, until tile_release."""
+    if cfg != types.Array(types.uint8, 1, "C", readonly=True):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.call(_fn(builder, "llvm.x86.ldtilecfg", ir.VoidType(), [P8]),
+                     [_byte_ptr(context, builder, sig.args[0], args[0], ir.Constant(I64, 0))])
+        return context.get_dummy_value()
+
+    return types.none(cfg), codegen
+
+
+@intrinsic
+def tile_release(typingctx):
+    """tilerelease: the tiles back to their initial state (a thread that is done with them saves nothing)."""
+    def codegen(context, builder, sig, args):
+        builder.call(_fn(builder, "llvm.x86.tilerelease", ir.VoidType(), []), [])
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+def _tile(builder, op, *operands):
+    """An AMX instruction on tiles (immediate numbers) and, for loads and stores, (pointer, stride)."""
+    tys = [I8 if isinstance(v, int) else v.type for v in operands]
+    vals = [ir.Constant(I8, v) if isinstance(v, int) else v for v in operands]
+    builder.call(_fn(builder, "llvm.x86." + op, ir.VoidType(), tys), vals)
+
+
+I8ARR = (types.Array(types.int8, 1, "C", readonly=True), types.Array(types.int8, 1, "C"))
+F32ARR = (types.Array(types.float32, 1, "C", readonly=True), types.Array(types.float32, 1, "C"))
+
+
+@intrinsic
+def k_tiles(typingctx, wh, wl, wo, ws, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, acc, ao, accs):
+    """One tile of 16 weight rows against n_tt tiles of 16 tokens over nb blocks of 256 (a segment of K):
+    acc[ao + r accs + 16 tt + t] += float64(the segment's float32 sum for row r, token t of tile tt), where per
+    block b the exact int32 tiles hh, mid, ll (module docstring) give
+    f = (f32(hh) * 65536 + f32(mid) * 256) + f32(ll) and a += f * (xd[xdo + b xds + 16 tt + t] * dsc[dso + r dss + b]),
+    each operation rounded (no fused multiply-add; prefill_amx.k_tiles_twin does the same).
+    wh, wl: the rows' high and low bytes, row r of the tile at wo + r ws, block b at + 256 b; xh, xl: token tile
+    tt at xo + tt xts, the 64 of K from 64 j at + 1024 j (prefill_amx.amx_tokens)."""
+    ints = (wo, ws, xo, xts, n_tt, xdo, xds, dso, dss, nb, ao, accs)
+    if not (all(a in I8ARR for a in (wh, wl, xh, xl)) and xd in F32ARR and dsc in F32ARR
+            and acc == types.Array(types.float64, 1, "C") and all(isinstance(v, types.Integer) for v in ints)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        c = lambda v: ir.Constant(I64, v)  # noqa: E731
+        (wo_, ws_, xo_, xts_, ntt_, xdo_, xds_, dso_, dss_, nb_, ao_, accs_) = (
+            _i64(builder, args[k]) for k in (2, 3, 6, 7, 8, 10, 11, 13, 14, 15, 17, 18))
+        whp, wlp, xhp, xlp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 1, 4, 5))
+        xdp, dp, ap = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (9, 12, 16))
+        scratch = cgutils.alloca_once(builder, ir.ArrayType(I32, 3 * 256))
+        scratch.align = 64
+        sp = builder.bitcast(scratch, I32.as_pointer())
+        zero = ir.Constant(V16F, [0.0] * 16)
+
+        def token_tile(tt, _):
+            xt = builder.add(xo_, builder.mul(tt, xts_))
+
+            def block(b, accs_in):
+                for t in (4, 5, 6):
+                    _tile(builder, "tilezero", t)
+                for j in range(4):   # the block's four 64s of K
+                    wk = builder.add(builder.add(wo_, builder.mul(b, c(256))), c(64 * j))
+                    xk = builder.add(xt, builder.add(builder.mul(b, c(4096)), c(1024 * j)))
+                    _tile(builder, "tileloadd64", 0, builder.bitcast(builder.gep(whp, [wk]), P8), ws_)
+                    _tile(builder, "tileloadd64", 1, builder.bitcast(builder.gep(wlp, [wk]), P8), ws_)
+                    _tile(builder, "tileloadd64", 2, builder.bitcast(builder.gep(xhp, [xk]), P8), c(64))
+                    _tile(builder, "tileloadd64", 3, builder.bitcast(builder.gep(xlp, [xk]), P8), c(64))
+                    _tile(builder, "tdpbssd", 4, 0, 2)   # wh xh
+                    _tile(builder, "tdpbssd", 5, 0, 3)   # wh xl
+                    _tile(builder, "tdpbusd", 5, 1, 2)   # wl (unsigned) xh
+                    _tile(builder, "tdpbusd", 6, 1, 3)   # wl xl
+                for k, t in enumerate((4, 5, 6)):
+                    _tile(builder, "tilestored64", t, builder.bitcast(builder.gep(sp, [c(256 * k)]), P8), c(64))
+                xdv = _load_at(builder, xdp, builder.add(builder.add(xdo_, builder.mul(b, xds_)), builder.mul(tt, c(16))), V16F)
+                out = []
+                for r in range(16):
+                    hh, mid, ll = (builder.sitofp(_load_at(builder, sp, c(256 * k + 16 * r), V16I32), V16F) for k in range(3))
+                    f = builder.fadd(builder.fadd(builder.fmul(hh, _splat(builder, ir.Constant(ir.FloatType(), 65536.0), 16)),
+                                                  builder.fmul(mid, _splat(builder, ir.Constant(ir.FloatType(), 256.0), 16))), ll)
+                    d = _load_at(builder, dp, builder.add(builder.add(dso_, builder.mul(c(r), dss_)), b), ir.FloatType())
+                    out.append(builder.fadd(accs_in[r], builder.fmul(f, builder.fmul(xdv, _splat(builder, d, 16)))))
+                return out
+
+            sums = _loop(builder, nb_, [zero] * 16, block)
+            v16d = ir.VectorType(ir.DoubleType(), 16)
+            for r in range(16):
+                at = builder.add(builder.add(ao_, builder.mul(c(r), accs_)), builder.mul(tt, c(16)))
+                ptr = builder.bitcast(builder.gep(ap, [at]), v16d.as_pointer())
+                builder.store(builder.fadd(builder.load(ptr, align=8), builder.fpext(sums[r], v16d)), ptr, align=8)
+            return []
+
+        _loop(builder, ntt_, [], token_tile)
+        return context.get_dummy_value()
+
+    return types.none(wh, wl, wo, ws, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, acc, ao, accs), codegen
