@@ -105,6 +105,13 @@ def aligned_int16(n):
     return buf[skip:skip + n]
 
 
+@njit
+def aligned_int8(n):
+    """An int8 array of n on a 64-byte cache line (aligned_int16's bytes): each 64-byte row of an AMX tile load
+    then reads one line, not two (twice as fast)."""
+    return aligned_int16((n + 1) // 2).view(np.int8)[:n]
+
+
 def quantize_activations(x: np.ndarray):
     """x (K,) float32 contiguous -> (d, q16, qp, hi, lo, bsums) as in quantize_reference."""
     k = x.size

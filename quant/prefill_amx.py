@@ -10,7 +10,7 @@ output row is computed by one thread in a fixed order, so results do not depend 
 import numpy as np
 from numba import prange, types
 
-from .activations import BLOCK
+from .activations import BLOCK, aligned_int8, aligned_int16
 from .jit import KERNEL, MINS_SIG, OUT2, ROWS, UNPACK16_SIG, njit, njit_parallel, pointer_call
 from .simd_amx import TILE_CONFIG, k_tiles, tile_config, tile_release
 
@@ -49,7 +49,7 @@ def amx_tokens(q16: np.ndarray, d: np.ndarray):
     of K 1024 bytes each, in TMUL's B layout (row i: the tile's 16 tokens' elements 4i .. 4i + 3 of the 64)."""
     n_t, k = q16.shape
     t16 = -(-n_t // TILE_TOKENS) * TILE_TOKENS
-    xh, xl = np.empty(t16 * k, np.int8), np.empty(t16 * k, np.int8)
+    xh, xl = aligned_int8(t16 * k), aligned_int8(t16 * k)
     xd = np.empty((k // BLOCK, t16), np.float32)
     _amx_tokens(q16, d, xh, xl, xd)
     return xh, xl, xd
@@ -83,18 +83,18 @@ def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0,
         nr = min(block_rows, n - r0)
         n16 = (nr + 15) // 16 * 16
         w16 = np.empty(n16 * seg * BLOCK, np.int16)
-        wh, wl = np.empty(n16 * seg * BLOCK, np.int8), np.empty(n16 * seg * BLOCK, np.int8)
+        wh, wl = aligned_int8(n16 * seg * BLOCK), aligned_int8(n16 * seg * BLOCK)
         dsc, msc = np.empty(n16 * seg, np.float32), np.empty(n16 * seg * 8, np.float32)
         acc = np.zeros(n16 * nt, np.float64)   # acc[i nt + t]: row r0 + i, token t of the chunk
+        accf = aligned_int16(n16 * nt * 2).view(np.float32)   # k_tiles' float32 sums between blocks
         accm = np.zeros((n16, nt if mins else 0), np.float64)
         tile_config(_CONFIG)
         for b0 in range(0, nb, seg):
             sb = min(seg, nb - b0)
             _call_unpack16(unpack, (rows, r0, nr, n16, b0, sb, w16, dsc, msc))
             split_bytes(w16[:n16 * sb * BLOCK], wh, wl)
-            for rt in range(n16 // 16):
-                k_tiles(wh, wl, 16 * rt * sb * BLOCK, sb * BLOCK, xh, xl, 16 * tt0 * k + 4096 * b0, 16 * k, ntt,
-                        xdf, b0 * t16 + 16 * tt0, t16, dsc, 16 * rt * sb, sb, sb, acc, 16 * rt * nt, nt)
+            k_tiles(wh, wl, 0, sb * BLOCK, n16 // 16, xh, xl, 16 * tt0 * k + 4096 * b0, 16 * k, ntt,
+                    xdf, b0 * t16 + 16 * tt0, t16, dsc, 0, sb, sb, accf, acc, 0, nt)
             if mins:
                 _call_mins(mins, (msc[:n16 * sb * 8], pf, 8 * b0, ldp, accm))
         tile_release()

@@ -5,7 +5,7 @@ int32 tile C: 16384 multiply-adds, where AVX-512 VNNI's vpdpwssd does 32. Our ac
 (activations.py: int8 would cost ~7e-3 relative error a dot product) and the K-quant weights times their
 sub-block scales (w = sc q) up to 13 bits, so each side is split into two bytes and a product takes four
 TMULs, exactly: x = 256 xh + xl (xh, xl signed), w = 256 wh + wl (wh signed, wl in 0..255), and
-w x = 65536 wh xh + 256 (wh xl + wl xh) + wl xl: three int32 tiles (the middle one takes two TMULs).
+w x = 65536 wh xh + 256 (wh xl + wl xh) + wl xl: four int32 tiles.
 A is the weights, 16 rows by 64 of K as the unpack lays them out (row-major); B the tokens, 16 of them by 64
 of K in the "VNNI" layout TMUL wants (row i: each token's elements 4i .. 4i + 3; prefill_amx.amx_tokens).
 Per block of 256 the tiles go to memory and AVX-512 folds them into float32 accumulators (the block's
@@ -42,9 +42,11 @@ def _amx_permitted() -> bool:
 
 HAS_AMX = HAS_AVX512 and all(_FEATURES.get(f, False) for f in ("amx-tile", "amx-int8")) and _amx_permitted()
 
-# The configuration every AMX kernel here uses (palette 1): tiles 0-6 of 16 rows by 64 bytes. 0, 1: the weights'
-# wh and wl (A); 2, 3: the tokens' xh and xl (B); 4, 5, 6: the int32 sums of wh xh, wh xl + wl xh and wl xl.
-TILE_CONFIG = bytes([1, 0] + [0] * 14 + [64, 0] * 7 + [0, 0] * 9 + [16] * 7 + [0] * 9)
+# The configuration every AMX kernel here uses (palette 1): the eight tiles of 16 rows by 64 bytes. 0, 1: the
+# weights' wh and wl (A); 2, 3: the tokens' xh and xl (B); 4-7: the int32 sums of wh xh, wh xl, wl xh and wl xl,
+# each taking one TMUL of four (the middle two in one tile made two TMULs back to back wait on each other:
+# 7.3 -> 4.9 ns a TMUL).
+TILE_CONFIG = bytes([1, 0] + [0] * 14 + [64, 0] * 8 + [0, 0] * 8 + [16] * 8 + [0] * 8)
 
 
 def _byte_ptr(context, builder, arrty, arr, offset):
@@ -88,68 +90,96 @@ F32ARR = (types.Array(types.float32, 1, "C", readonly=True), types.Array(types.f
 
 
 @intrinsic
-def k_tiles(typingctx, wh, wl, wo, ws, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, acc, ao, accs):
-    """One tile of 16 weight rows against n_tt tiles of 16 tokens over nb blocks of 256 (a segment of K):
+def k_tiles(typingctx, wh, wl, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, accf, acc, ao, accs):
+    """n_rt tiles of 16 weight rows against n_tt tiles of 16 tokens over nb blocks of 256 (a segment of K):
     acc[ao + r accs + 16 tt + t] += float64(the segment's float32 sum for row r, token t of tile tt), where per
-    block b the exact int32 tiles hh, mid, ll (module docstring) give
-    f = (f32(hh) * 65536 + f32(mid) * 256) + f32(ll) and a += f * (xd[xdo + b xds + 16 tt + t] * dsc[dso + r dss + b]),
-    each operation rounded (no fused multiply-add; prefill_amx.k_tiles_twin does the same).
-    wh, wl: the rows' high and low bytes, row r of the tile at wo + r ws, block b at + 256 b; xh, xl: token tile
-    tt at xo + tt xts, the 64 of K from 64 j at + 1024 j (prefill_amx.amx_tokens)."""
-    ints = (wo, ws, xo, xts, n_tt, xdo, xds, dso, dss, nb, ao, accs)
+    block b the exact int32 tiles hh, mid, ll (module docstring) give f = (f32(hh) * 65536 + f32(mid) * 256) + f32(ll)
+    and a = a + f * (xd[xdo + b xds + 16 tt + t] * dsc[dso + r dss + b]) from a = 0, each operation rounded (no
+    fused multiply-add; prefill_amx.amx_reference does the same).
+    wh, wl: the rows' high and low bytes, row r at wo + r ws, block b at + 256 b; xh, xl: token tile tt at xo + tt xts,
+    the 64 of K from 64 j at + 1024 j (prefill_amx.amx_tokens); accf: the float32 sums between blocks, 256 n_rt n_tt.
+    Blocks outermost, then token tiles, then row tiles: a block's weights (8 KB a row tile) stay in L1 across the
+    token tiles, and each token tile's block (8 KB) across the row tiles; loads from L2 cost as much as the TMULs."""
+    ints = (wo, ws, n_rt, xo, xts, n_tt, xdo, xds, dso, dss, nb, ao, accs)
     if not (all(a in I8ARR for a in (wh, wl, xh, xl)) and xd in F32ARR and dsc in F32ARR
-            and acc == types.Array(types.float64, 1, "C") and all(isinstance(v, types.Integer) for v in ints)):
+            and accf == types.Array(types.float32, 1, "C") and acc == types.Array(types.float64, 1, "C")
+            and all(isinstance(v, types.Integer) for v in ints)):
         return None
 
     def codegen(context, builder, sig, args):
         c = lambda v: ir.Constant(I64, v)  # noqa: E731
-        (wo_, ws_, xo_, xts_, ntt_, xdo_, xds_, dso_, dss_, nb_, ao_, accs_) = (
-            _i64(builder, args[k]) for k in (2, 3, 6, 7, 8, 10, 11, 13, 14, 15, 17, 18))
-        whp, wlp, xhp, xlp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 1, 4, 5))
-        xdp, dp, ap = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (9, 12, 16))
-        scratch = cgutils.alloca_once(builder, ir.ArrayType(I32, 3 * 256))
+        (wo_, ws_, nrt_, xo_, xts_, ntt_, xdo_, xds_, dso_, dss_, nb_, ao_, accs_) = (
+            _i64(builder, args[k]) for k in (2, 3, 4, 7, 8, 9, 11, 12, 14, 15, 16, 19, 20))
+        whp, wlp, xhp, xlp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 1, 5, 6))
+        xdp, dp, fp, ap = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (10, 13, 17, 18))
+        scratch = cgutils.alloca_once(builder, ir.ArrayType(I32, 2 * 4 * 256))   # two steps' tiles, alternately
         scratch.align = 64
         sp = builder.bitcast(scratch, I32.as_pointer())
         zero = ir.Constant(V16F, [0.0] * 16)
+        f32 = lambda v: _splat(builder, ir.Constant(ir.FloatType(), v), 16)  # noqa: E731
 
-        def token_tile(tt, _):
-            xt = builder.add(xo_, builder.mul(tt, xts_))
+        def where(i):   # step i -> (row tile, token tile, block)
+            rt, rest = builder.urem(i, nrt_), builder.udiv(i, nrt_)
+            return rt, builder.urem(rest, ntt_), builder.udiv(rest, ntt_)
 
-            def block(b, accs_in):
-                for t in (4, 5, 6):
-                    _tile(builder, "tilezero", t)
-                for j in range(4):   # the block's four 64s of K
-                    wk = builder.add(builder.add(wo_, builder.mul(b, c(256))), c(64 * j))
-                    xk = builder.add(xt, builder.add(builder.mul(b, c(4096)), c(1024 * j)))
-                    _tile(builder, "tileloadd64", 0, builder.bitcast(builder.gep(whp, [wk]), P8), ws_)
-                    _tile(builder, "tileloadd64", 1, builder.bitcast(builder.gep(wlp, [wk]), P8), ws_)
-                    _tile(builder, "tileloadd64", 2, builder.bitcast(builder.gep(xhp, [xk]), P8), c(64))
-                    _tile(builder, "tileloadd64", 3, builder.bitcast(builder.gep(xlp, [xk]), P8), c(64))
-                    _tile(builder, "tdpbssd", 4, 0, 2)   # wh xh
-                    _tile(builder, "tdpbssd", 5, 0, 3)   # wh xl
-                    _tile(builder, "tdpbusd", 5, 1, 2)   # wl (unsigned) xh
-                    _tile(builder, "tdpbusd", 6, 1, 3)   # wl xl
-                for k, t in enumerate((4, 5, 6)):
-                    _tile(builder, "tilestored64", t, builder.bitcast(builder.gep(sp, [c(256 * k)]), P8), c(64))
-                xdv = _load_at(builder, xdp, builder.add(builder.add(xdo_, builder.mul(b, xds_)), builder.mul(tt, c(16))), V16F)
-                out = []
-                for r in range(16):
-                    hh, mid, ll = (builder.sitofp(_load_at(builder, sp, c(256 * k + 16 * r), V16I32), V16F) for k in range(3))
-                    f = builder.fadd(builder.fadd(builder.fmul(hh, _splat(builder, ir.Constant(ir.FloatType(), 65536.0), 16)),
-                                                  builder.fmul(mid, _splat(builder, ir.Constant(ir.FloatType(), 256.0), 16))), ll)
-                    d = _load_at(builder, dp, builder.add(builder.add(dso_, builder.mul(c(r), dss_)), b), ir.FloatType())
-                    out.append(builder.fadd(accs_in[r], builder.fmul(f, builder.fmul(xdv, _splat(builder, d, 16)))))
-                return out
+        def tiles(i):   # step i's TMULs, their int32 tiles to scratch[i % 2]
+            rt, tt, b = where(i)
+            wr = builder.add(builder.add(wo_, builder.mul(builder.mul(rt, c(16)), ws_)), builder.mul(b, c(256)))
+            xt = builder.add(builder.add(xo_, builder.mul(tt, xts_)), builder.mul(b, c(4096)))
+            for t in (4, 5, 6, 7):
+                _tile(builder, "tilezero", t)
+            for j in range(4):   # the block's four 64s of K
+                wk, xk = builder.add(wr, c(64 * j)), builder.add(xt, c(1024 * j))
+                _tile(builder, "tileloadd64", 0, builder.bitcast(builder.gep(whp, [wk]), P8), ws_)
+                _tile(builder, "tileloadd64", 1, builder.bitcast(builder.gep(wlp, [wk]), P8), ws_)
+                _tile(builder, "tileloadd64", 2, builder.bitcast(builder.gep(xhp, [xk]), P8), c(64))
+                _tile(builder, "tileloadd64", 3, builder.bitcast(builder.gep(xlp, [xk]), P8), c(64))
+                _tile(builder, "tdpbssd", 4, 0, 2)   # wh xh
+                _tile(builder, "tdpbssd", 5, 0, 3)   # wh xl
+                _tile(builder, "tdpbusd", 6, 1, 2)   # wl (unsigned) xh
+                _tile(builder, "tdpbusd", 7, 1, 3)   # wl xl
+            half = builder.mul(builder.urem(i, c(2)), c(1024))
+            for k, t in enumerate((4, 5, 6, 7)):
+                _tile(builder, "tilestored64", t, builder.bitcast(builder.gep(sp, [builder.add(half, c(256 * k))]), P8), c(64))
 
-            sums = _loop(builder, nb_, [zero] * 16, block)
-            v16d = ir.VectorType(ir.DoubleType(), 16)
+        def fold(i):   # step i's tiles (scratch[i % 2]) into its float32 sums (accf), after its last block into acc
+            rt, tt, b = where(i)
+            half = builder.mul(builder.urem(i, c(2)), c(1024))
+            xdv = _load_at(builder, xdp, builder.add(builder.add(xdo_, builder.mul(b, xds_)), builder.mul(tt, c(16))), V16F)
+            first, last = builder.icmp_unsigned("==", b, c(0)), builder.icmp_unsigned("==", b, builder.sub(nb_, c(1)))
+            fa = builder.mul(builder.add(builder.mul(rt, ntt_), tt), c(256))
+            sums = []
             for r in range(16):
-                at = builder.add(builder.add(ao_, builder.mul(c(r), accs_)), builder.mul(tt, c(16)))
-                ptr = builder.bitcast(builder.gep(ap, [at]), v16d.as_pointer())
-                builder.store(builder.fadd(builder.load(ptr, align=8), builder.fpext(sums[r], v16d)), ptr, align=8)
+                hh, hl, lh, ll = (_load_at(builder, sp, builder.add(half, c(256 * k + 16 * r)), V16I32) for k in range(4))
+                hh, mid, ll = (builder.sitofp(v, V16F) for v in (hh, builder.add(hl, lh), ll))   # |mid| < 2^24: exact
+                f = builder.fadd(builder.fadd(builder.fmul(hh, f32(65536.0)), builder.fmul(mid, f32(256.0))), ll)
+                row = builder.add(builder.mul(rt, c(16)), c(r))
+                d = _load_at(builder, dp, builder.add(builder.add(dso_, builder.mul(row, dss_)), b), ir.FloatType())
+                a = builder.select(first, zero, _load_at(builder, fp, builder.add(fa, c(16 * r)), V16F))
+                sums.append((row, builder.fadd(a, builder.fmul(f, builder.fmul(xdv, _splat(builder, d, 16))))))
+            with builder.if_else(last) as (done, more):
+                with done:
+                    v16d = ir.VectorType(ir.DoubleType(), 16)
+                    for row, v in sums:
+                        at = builder.add(builder.add(ao_, builder.mul(row, accs_)), builder.mul(tt, c(16)))
+                        ptr = builder.bitcast(builder.gep(ap, [at]), v16d.as_pointer())
+                        builder.store(builder.fadd(builder.load(ptr, align=8), builder.fpext(v, v16d)), ptr, align=8)
+                with more:
+                    for r, (_, v) in enumerate(sums):
+                        builder.store(v, builder.bitcast(builder.gep(fp, [builder.add(fa, c(16 * r))]), V16F.as_pointer()), align=64)
+
+        # software-pipelined: step i's TMULs are issued before step i - 1's tiles are folded, so that the AVX-512
+        # work can run while the tile unit works
+        n = builder.mul(builder.mul(nrt_, ntt_), nb_)
+        tiles(c(0))
+
+        def step(i, _):
+            tiles(builder.add(i, c(1)))
+            fold(i)
             return []
 
-        _loop(builder, ntt_, [], token_tile)
+        _loop(builder, builder.sub(n, c(1)), [], step)
+        fold(builder.sub(n, c(1)))
         return context.get_dummy_value()
 
-    return types.none(wh, wl, wo, ws, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, acc, ao, accs), codegen
+    return types.none(wh, wl, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, accf, acc, ao, accs), codegen
