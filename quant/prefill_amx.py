@@ -8,10 +8,10 @@ with all the tokens of the tile; Q4_K's and Q5_K's mins go through the mins kern
 output row is computed by one thread in a fixed order, so results do not depend on the thread count.
 """
 import numpy as np
-from numba import prange, types
+from numba import prange
 
 from .activations import BLOCK, aligned_int8, aligned_int16
-from .jit import KERNEL, MINS_SIG, OUT2, ROWS, UNPACK16_SIG, njit, njit_parallel, pointer_call
+from .jit import MINS_SIG, UNPACK16_SIG, njit, njit_parallel, pointer_call
 from .simd_amx import TILE_CONFIG, k_tiles, tile_config, tile_release
 
 _call_unpack16, _call_mins = pointer_call(UNPACK16_SIG), pointer_call(MINS_SIG)
@@ -63,11 +63,7 @@ def split_bytes(w16, wh, wl):
         wh[i], wl[i] = np.int8(w >> 8), np.int8((w & 255) - 256 * ((w & 255) >> 7))
 
 
-I8RO = types.Array(types.int8, 1, "C", readonly=True)
-
-
-@njit_parallel(types.void(KERNEL, KERNEL, ROWS, I8RO, I8RO, types.Array(types.float32, 2, "C", readonly=True),
-                          types.Array(types.float32, 1, "C", readonly=True), OUT2, *(types.int64,) * 5))
+@njit_parallel   # no signature: compiled at its first call (on a CPU with AMX), never at import
 def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0, ntt):
     """out[16 tt0 + t, r] (t < 16 ntt, the token tiles tt0 .. tt0 + ntt - 1) = row r . token (simd_amx.k_tiles), for
     K-quant rows unpacked by unpack (g = 1); mins (Q4_K, Q5_K; else 0) with pf the tokens' sums by sub-block from

@@ -122,3 +122,18 @@ def test_amx_only_on_the_avx512_path_and_from_amx_tokens(monkeypatch):
         assert pf._prefill_scheme(w, False, 64, path) == (4, pf.QMAX)
     monkeypatch.setattr(pf, "AMX", False)
     assert pf._prefill_scheme(w, False, 64, "avx512") == (4, pf.QMAX)
+
+
+def test_import_compiles_no_amx_code(tmp_path):
+    """On a CPU without AMX, LLVM cannot select the tile instructions and aborts the process: importing quant
+    must compile none (the AMX driver compiles at its first call). Checked with Numba targeting a CPU
+    without AMX and an empty cache."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_CPU_NAME": "skylake-avx512",
+           "NUMBA_CPU_FEATURES": "+avx2,+fma,+f16c,+avx512f,+avx512bw,+avx512vnni,-amx-tile,-amx-int8"}
+    out = subprocess.run([sys.executable, "-c", "import quant.kernels, quant.prefill, gguf_runner; print('ok')"],
+                         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
