@@ -19,7 +19,8 @@ from .intdot import BLOCK, Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES
 from .jit import njit
 from .simd import prefetch_block
 from .simd_prefill import (W16_4X2, W16_4X2_512, fma32, mins_rows8, mins_rows16, q4_k_unpack16, q4_k_unpack16_g4,
-                           q5_k_unpack16, q5_k_unpack16_g2, q6_k_unpack16, q6_k_unpack16_g4)
+                           q4_k_unpack_split, q5_k_unpack16, q5_k_unpack16_g2, q5_k_unpack_split, q6_k_unpack16,
+                           q6_k_unpack16_g4, q6_k_unpack_split)
 from .simd_prefill32 import (B32_BYTES, q4_0_unpack16, q4_1_unpack16, q5_0_unpack16, q5_1_unpack16, q8_0_unpack16,
                              w32_4x2, w32_4x2_512, w32_4x2_nomins, w32_4x2_nomins_512)
 
@@ -27,10 +28,11 @@ from .simd_prefill32 import (B32_BYTES, q4_0_unpack16, q4_1_unpack16, q5_0_unpac
 # --- K-quants: each row unpacked once to int16, then one dot product per token ---
 
 @njit(inline="always")
-def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g):
+def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g, split=False):
     """Groups u0 .. u0 + su (g blocks each) of Q4_K (kind 0), Q5_K (1) or Q6_K (2) rows r0 .. r0 + nr - 1 (n_out of
     them, the last one repeated) -> w16 int16 = q * scale[s] interleaved g blocks a group (activations.interleave_k;
     row i at 256 g su i), dsc = d by lane (row i at 16 su i), msc = dmin * min[s] (at 8 g su i; Q6_K: none).
+    split (g = 1, for AMX): each block's 512 bytes of w16 hold its high bytes, then its low bytes (_write_group).
     One call for many rows: a call per row (four sliced arrays, their reference counts) cost as much as
     unpacking it."""
     nbytes = (Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES)[kind]
@@ -40,7 +42,14 @@ def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g):
             o, j = g * (u0 + u) * nbytes, (i * su + u) * g   # the group's first block
             for b in range(g):
                 prefetch_block(row, o + b * nbytes, nbytes)
-            if kind == 2:
+            if split:
+                if kind == 2:
+                    q6_k_unpack_split(row, o, w16, BLOCK * j, dsc, msc, j)
+                elif kind == 1:
+                    q5_k_unpack_split(row, o, w16, BLOCK * j, dsc, msc, j)
+                else:
+                    q4_k_unpack_split(row, o, w16, BLOCK * j, dsc, msc, j)
+            elif kind == 2:
                 if g == 4:
                     q6_k_unpack16_g4(row, o, w16, BLOCK * j, dsc, msc, j)
                 else:
@@ -84,6 +93,21 @@ def unpack_q6_k(rows, r0, nr, n_out, u0, su, w16, dsc, msc):
 @njit
 def unpack_q6_k_g4(rows, r0, nr, n_out, u0, su, w16, dsc, msc):   # four blocks a group, for 14-bit activations
     k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 2, 4)
+
+
+@njit
+def unpack_q4_k_split(rows, r0, nr, n_out, u0, su, w16, dsc, msc):   # AMX: one block a group, in bytes
+    k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 0, 1, True)
+
+
+@njit
+def unpack_q5_k_split(rows, r0, nr, n_out, u0, su, w16, dsc, msc):
+    k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 1, 1, True)
+
+
+@njit
+def unpack_q6_k_split(rows, r0, nr, n_out, u0, su, w16, dsc, msc):
+    k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, 2, 1, True)
 
 
 @njit(inline="always")

@@ -77,6 +77,8 @@ _W4X2 = {1: {"portable": intdot_prefill.w16_4x2_portable, "avx2": intdot_prefill
          2: {"portable": intdot_prefill.w16_4x2_g2_portable, "avx2": intdot_prefill.w16_4x2_g2_avx2, "avx512": intdot_prefill.w16_4x2_g2_avx512},
          4: {"portable": intdot_prefill.w16_4x2_g4_portable, "avx2": intdot_prefill.w16_4x2_g4_avx2, "avx512": intdot_prefill.w16_4x2_g4_avx512}}
 _MINS = {"portable": intdot_prefill.mins_portable, "avx2": intdot_prefill.mins_avx2, "avx512": intdot_prefill.mins_avx512}
+_UNPACK_AMX = {T.Q4_K: intdot_prefill.unpack_q4_k_split, T.Q5_K: intdot_prefill.unpack_q5_k_split,   # one block a group,
+               T.Q6_K: intdot_prefill.unpack_q6_k_split}                                             # bytes for AMX
 
 
 # ... of the 32-block types (any K, a multiple of 32): sixteen blocks interleaved (intdot_prefill.unpack32_*, w32_4x2;
@@ -193,9 +195,10 @@ def _int_matmul(w: QuantizedTensor, acts, scheme: tuple, path: str) -> np.ndarra
 
 def _amx_matmul(w: QuantizedTensor, acts, path: str) -> np.ndarray:
     """_int_matmul on AMX tiles (prefill_amx.amx_rows), a chunk of tokens at a time (their bytes of a segment in
-    half of L2, as _int_matmul's tiles); the g = 1 unpackers and the mins kernel of path."""
+    half of L2, as _int_matmul's tiles); the split unpackers and the mins kernel of path."""
     n_t, (xh, xl, xd, px) = acts
-    unpack, _, mins = _prefill_kernels(w.ggml_type, path, (1, QMAX))
+    unpack = kernel_address(_UNPACK_AMX[w.ggml_type], UNPACK16_SIG)
+    mins = 0 if w.ggml_type == T.Q6_K else kernel_address(_MINS[path], MINS_SIG)
     out = np.empty((n_t + n_t % 2, w.shape[0]), np.float32)
     n_tiles = xd.shape[1] // TILE_TOKENS
     chunk = max(1, TILE_BYTES // (2 * SEG_BLOCKS * 256) // TILE_TOKENS)   # token tiles

@@ -55,21 +55,13 @@ def amx_tokens(q16: np.ndarray, d: np.ndarray):
     return xh, xl, xd
 
 
-@njit(inline="always")
-def split_bytes(w16, wh, wl):
-    """int16 weights (q times scale, |w| < 2^15) -> wh = w >> 8 (signed), wl = w & 255 (read as unsigned)."""
-    for i in range(w16.size):
-        w = np.int32(w16[i])
-        wh[i], wl[i] = np.int8(w >> 8), np.int8((w & 255) - 256 * ((w & 255) >> 7))
-
-
 @njit_parallel   # no signature: compiled at its first call (on a CPU with AMX), never at import
 def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0, ntt):
     """out[16 tt0 + t, r] (t < 16 ntt, the token tiles tt0 .. tt0 + ntt - 1) = row r . token (simd_amx.k_tiles), for
-    K-quant rows unpacked by unpack (g = 1); mins (Q4_K, Q5_K; else 0) with pf the tokens' sums by sub-block from
+    K-quant rows unpacked by unpack (one of the split unpackers: each block's high bytes, then its low bytes); mins (Q4_K, Q5_K; else 0) with pf the tokens' sums by sub-block from
     the chunk's first token (row stride ldp). A thread takes block_rows rows at a time and goes along K by
-    segments of seg blocks: it unpacks its rows' segment (the last row repeated to fill 16), splits them into
-    bytes, then every 16 rows meet all the chunk's tokens. A (row, token) sums its segments in float64, in order."""
+    segments of seg blocks: it unpacks its rows' segment (the last row repeated to fill 16), then every 16 rows
+    meet all the chunk's tokens. A (row, token) sums its segments in float64, in order."""
     n, k = rows.shape[0], xd.shape[0] * BLOCK
     nb, t16, nt = k // BLOCK, xd.shape[1], 16 * ntt
     n_out = min(nt, out.shape[0] - 16 * tt0)
@@ -78,8 +70,8 @@ def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0,
         r0 = task * block_rows
         nr = min(block_rows, n - r0)
         n16 = (nr + 15) // 16 * 16
-        w16 = np.empty(n16 * seg * BLOCK, np.int16)
-        wh, wl = aligned_int8(n16 * seg * BLOCK), aligned_int8(n16 * seg * BLOCK)
+        w16 = aligned_int16(n16 * seg * BLOCK)
+        wb = w16.view(np.int8)
         dsc, msc = np.empty(n16 * seg, np.float32), np.empty(n16 * seg * 8, np.float32)
         acc = np.zeros(n16 * nt, np.float64)   # acc[i nt + t]: row r0 + i, token t of the chunk
         accf = aligned_int16(n16 * nt * 2).view(np.float32)   # k_tiles' float32 sums between blocks
@@ -88,8 +80,7 @@ def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0,
         for b0 in range(0, nb, seg):
             sb = min(seg, nb - b0)
             _call_unpack16(unpack, (rows, r0, nr, n16, b0, sb, w16, dsc, msc))
-            split_bytes(w16[:n16 * sb * BLOCK], wh, wl)
-            k_tiles(wh, wl, 0, sb * BLOCK, n16 // 16, xh, xl, 16 * tt0 * k + 4096 * b0, 16 * k, ntt,
+            k_tiles(wb, 0, 2 * sb * BLOCK, n16 // 16, xh, xl, 16 * tt0 * k + 4096 * b0, 16 * k, ntt,
                     xdf, b0 * t16 + 16 * tt0, t16, dsc, 0, sb, sb, accf, acc, 0, nt)
             if mins:
                 _call_mins(mins, (msc[:n16 * sb * 8], pf, 8 * b0, ldp, accm))

@@ -90,18 +90,19 @@ F32ARR = (types.Array(types.float32, 1, "C", readonly=True), types.Array(types.f
 
 
 @intrinsic
-def k_tiles(typingctx, wh, wl, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, accf, acc, ao, accs):
+def k_tiles(typingctx, w, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, accf, acc, ao, accs):
     """n_rt tiles of 16 weight rows against n_tt tiles of 16 tokens over nb blocks of 256 (a segment of K):
     acc[ao + r accs + 16 tt + t] += float64(the segment's float32 sum for row r, token t of tile tt), where per
     block b the exact int32 tiles hh, mid, ll (module docstring) give f = (f32(hh) * 65536 + f32(mid) * 256) + f32(ll)
     and a = a + f * (xd[xdo + b xds + 16 tt + t] * dsc[dso + r dss + b]) from a = 0, each operation rounded (no
     fused multiply-add; prefill_amx.amx_reference does the same).
-    wh, wl: the rows' high and low bytes, row r at wo + r ws, block b at + 256 b; xh, xl: token tile tt at xo + tt xts,
+    w: the rows' bytes, row r at wo + r ws, block b at + 512 b: its 256 high bytes, then its 256 low bytes (the split
+    unpackers, simd_prefill._write_group); xh, xl: token tile tt at xo + tt xts,
     the 64 of K from 64 j at + 1024 j (prefill_amx.amx_tokens); accf: the float32 sums between blocks, 256 n_rt n_tt.
     Blocks outermost, then token tiles, then row tiles: a block's weights (8 KB a row tile) stay in L1 across the
     token tiles, and each token tile's block (8 KB) across the row tiles; loads from L2 cost as much as the TMULs."""
     ints = (wo, ws, n_rt, xo, xts, n_tt, xdo, xds, dso, dss, nb, ao, accs)
-    if not (all(a in I8ARR for a in (wh, wl, xh, xl)) and xd in F32ARR and dsc in F32ARR
+    if not (all(a in I8ARR for a in (w, xh, xl)) and xd in F32ARR and dsc in F32ARR
             and accf == types.Array(types.float32, 1, "C") and acc == types.Array(types.float64, 1, "C")
             and all(isinstance(v, types.Integer) for v in ints)):
         return None
@@ -109,9 +110,9 @@ def k_tiles(typingctx, wh, wl, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds
     def codegen(context, builder, sig, args):
         c = lambda v: ir.Constant(I64, v)  # noqa: E731
         (wo_, ws_, nrt_, xo_, xts_, ntt_, xdo_, xds_, dso_, dss_, nb_, ao_, accs_) = (
-            _i64(builder, args[k]) for k in (2, 3, 4, 7, 8, 9, 11, 12, 14, 15, 16, 19, 20))
-        whp, wlp, xhp, xlp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 1, 5, 6))
-        xdp, dp, fp, ap = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (10, 13, 17, 18))
+            _i64(builder, args[k]) for k in (1, 2, 3, 6, 7, 8, 10, 11, 13, 14, 15, 18, 19))
+        wp, xhp, xlp = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 4, 5))
+        xdp, dp, fp, ap = (context.make_array(sig.args[k])(context, builder, args[k]).data for k in (9, 12, 16, 17))
         scratch = cgutils.alloca_once(builder, ir.ArrayType(I32, 2 * 4 * 256))   # two steps' tiles, alternately
         scratch.align = 64
         sp = builder.bitcast(scratch, I32.as_pointer())
@@ -124,14 +125,14 @@ def k_tiles(typingctx, wh, wl, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds
 
         def tiles(i):   # step i's TMULs, their int32 tiles to scratch[i % 2]
             rt, tt, b = where(i)
-            wr = builder.add(builder.add(wo_, builder.mul(builder.mul(rt, c(16)), ws_)), builder.mul(b, c(256)))
+            wr = builder.add(builder.add(wo_, builder.mul(builder.mul(rt, c(16)), ws_)), builder.mul(b, c(512)))
             xt = builder.add(builder.add(xo_, builder.mul(tt, xts_)), builder.mul(b, c(4096)))
             for t in (4, 5, 6, 7):
                 _tile(builder, "tilezero", t)
             for j in range(4):   # the block's four 64s of K
                 wk, xk = builder.add(wr, c(64 * j)), builder.add(xt, c(1024 * j))
-                _tile(builder, "tileloadd64", 0, builder.bitcast(builder.gep(whp, [wk]), P8), ws_)
-                _tile(builder, "tileloadd64", 1, builder.bitcast(builder.gep(wlp, [wk]), P8), ws_)
+                _tile(builder, "tileloadd64", 0, builder.bitcast(builder.gep(wp, [wk]), P8), ws_)
+                _tile(builder, "tileloadd64", 1, builder.bitcast(builder.gep(wp, [builder.add(wk, c(256))]), P8), ws_)
                 _tile(builder, "tileloadd64", 2, builder.bitcast(builder.gep(xhp, [xk]), P8), c(64))
                 _tile(builder, "tileloadd64", 3, builder.bitcast(builder.gep(xlp, [xk]), P8), c(64))
                 _tile(builder, "tdpbssd", 4, 0, 2)   # wh xh
@@ -182,4 +183,4 @@ def k_tiles(typingctx, wh, wl, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds
         fold(builder.sub(n, c(1)))
         return context.get_dummy_value()
 
-    return types.none(wh, wl, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, accf, acc, ao, accs), codegen
+    return types.none(w, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, accf, acc, ao, accs), codegen

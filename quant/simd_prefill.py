@@ -11,7 +11,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import (F32ARR, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fn, _fold16, _half_pair, _i64, _k_scales_mins, _load_at,
+from .simd import (F32ARR, I8, I16, I16ARR, I32, I64, V8F, V16I8, V16I16, V32I8, _fn, _fold16, _half_pair, _i64, _k_scales_mins, _load_at,
                    _loop, _ok, _Ops, _q6_k_quants, _splat)
 
 
@@ -63,10 +63,11 @@ def _rows_of(builder, vs):
     return [builder.bitcast(r, vs[0].type) for r in rows]
 
 
-def _write_group(builder, wp, dp, y_, j_, ds, sub_block):
+def _write_group(builder, wp, dp, y_, j_, ds, sub_block, split=False):
     """Prefill's layout for a group of g = len(ds) blocks (activations.interleave_k) from w16[y_]: sub_block(b, s) gives
     sub-block s (< 8) of block b as <32 x i16>; their d (ds) to dsc[j_:] (g > 1: on each of their 16/g lanes,
-    from dsc[16/g j_])."""
+    from dsc[16/g j_]). split (g = 1, for AMX: simd_amx.k_tiles): the block's 256 high bytes (w >> 8), then its 256
+    low bytes (w & 255), in the 512 bytes of w16[y_:y_ + 256]."""
     g, c = len(ds), (lambda v: ir.Constant(I64, v))
     for b, d in enumerate(ds):
         jb = builder.add(j_, c(b))
@@ -74,13 +75,21 @@ def _write_group(builder, wp, dp, y_, j_, ds, sub_block):
             builder.store(d, builder.gep(dp, [jb]))
         else:
             _store_at(builder, dp, builder.mul(jb, c(16 // g)), _splat(builder, d, 16 // g))
+    if split:
+        bp, v32i8 = builder.bitcast(wp, I8.as_pointer()), ir.VectorType(I8, 32)
+        for s in range(8):
+            w = sub_block(0, s)
+            hi = builder.trunc(builder.ashr(w, ir.Constant(w.type, [8] * 32)), v32i8)
+            _store_at(builder, bp, builder.add(builder.add(y_, y_), c(32 * s)), hi)
+            _store_at(builder, bp, builder.add(builder.add(y_, y_), c(256 + 32 * s)), builder.trunc(w, v32i8))
+        return
     for s in range(8):
         rows = [sub_block(0, s)] if g == 1 else _rows_of(builder, [sub_block(b, s) for b in range(g)])
         for k, r in enumerate(rows):
             _store_at(builder, wp, builder.add(y_, c(32 * (g * s + k))), r)
 
 
-def _k_unpack16(qh_at, qs_at, nbytes, g):
+def _k_unpack16(qh_at, qs_at, nbytes, g, split=False):
     def body(builder, rp, wp, dp, mp, o_, y_, j_):
         c = lambda v: ir.Constant(I64, v)  # noqa: E731
         v32i16 = ir.VectorType(I16, 32)
@@ -104,7 +113,7 @@ def _k_unpack16(qh_at, qs_at, nbytes, g):
             scale = builder.shuffle_vector(scales, ir.Constant(scales.type, None), ir.Constant(ir.VectorType(I32, 32), [s] * 32))
             return builder.mul(builder.zext(q, v32i16), scale)
 
-        _write_group(builder, wp, dp, y_, j_, ds, sub_block)
+        _write_group(builder, wp, dp, y_, j_, ds, sub_block, split)
     return _unpack_intrinsic(body)
 
 
@@ -113,9 +122,10 @@ def _k_unpack16(qh_at, qs_at, nbytes, g):
 # d to dsc (_write_group), msc[8 (j + b) + s] = dmin * min[s] (the scales and mins as simd._k_scales_mins)
 q4_k_unpack16, q5_k_unpack16 = _k_unpack16(None, 16, 144, 1), _k_unpack16(16, 48, 176, 1)
 q4_k_unpack16_g4, q5_k_unpack16_g2 = _k_unpack16(None, 16, 144, 4), _k_unpack16(16, 48, 176, 2)
+q4_k_unpack_split, q5_k_unpack_split = _k_unpack16(None, 16, 144, 1, True), _k_unpack16(16, 48, 176, 1, True)   # AMX
 
 
-def _q6_k_unpack16(g):
+def _q6_k_unpack16(g, split=False):
     """scale[e // 16] * (u - 32) (int16) for the 256 weights of each of g Q6_K blocks from row[o:] (210 bytes each)
     into a group of prefill's layout at w16[y], their d to dsc (_write_group); msc untouched (no mins)."""
     def body(builder, rp, wp, dp, mp, o_, y_, j_):
@@ -130,12 +140,12 @@ def _q6_k_unpack16(g):
                                            ir.Constant(ir.VectorType(I32, 32), [2 * s] * 16 + [2 * s + 1] * 16))
             return builder.mul(builder.sub(builder.zext(quants[b][s // 4][s % 4], v32i16), ir.Constant(v32i16, [32] * 32)), scale)
 
-        _write_group(builder, wp, dp, y_, j_, ds, sub_block)
+        _write_group(builder, wp, dp, y_, j_, ds, sub_block, split)
     return _unpack_intrinsic(body)
 
 
 # g = 4: with 14-bit activations (activations.quantize_prefill's qmax), where 64 products of |w16| <= 4096 fit int32
-q6_k_unpack16, q6_k_unpack16_g4 = _q6_k_unpack16(1), _q6_k_unpack16(4)
+q6_k_unpack16, q6_k_unpack16_g4, q6_k_unpack_split = _q6_k_unpack16(1), _q6_k_unpack16(4), _q6_k_unpack16(1, True)
 
 
 def _w4x2_ok(w16, dsc, msc, x16, xd, px, xo, bo, xs, out):   # the argument types of the four-by-two kernels

@@ -443,20 +443,20 @@ def test_second_process_compiles_nothing():
     """Numba's on-disk cache: a fresh process finds every kernel compiled (this process, or an
     earlier run, filled the cache), AMX's included where the CPU has it."""
     from quant.simd_amx import HAS_AMX
-    for ggml_type in SUPPORTED_TYPES:  # make sure every kernel is in the cache
-        for exact in (False, True):
-            matmul(random_tensor(ggml_type, (3, K)), np.ones((24, K), np.float32), exact=exact)   # 24: not token by token
-            matmul(random_tensor(ggml_type, (3, K)), np.ones((2, K), np.float32), exact=exact)
-            matvec(random_tensor(ggml_type, (3, K)), np.ones(K, np.float32), exact=exact)
+    for amx in {False, pf.AMX}:   # make sure every kernel is in the cache: the AVX-512 layouts (AMX off), AMX's
+        pf.AMX, was = amx, pf.AMX
+        for ggml_type in SUPPORTED_TYPES:
+            for exact in (False, True):
+                matmul(random_tensor(ggml_type, (3, K)), np.ones((24, K), np.float32), exact=exact)   # 24: not token by token
+                matmul(random_tensor(ggml_type, (3, K)), np.ones((2, K), np.float32), exact=exact)
+                matvec(random_tensor(ggml_type, (3, K)), np.ones(K, np.float32), exact=exact)
+        for ggml_type in (T.Q4_K, T.Q5_K, T.Q6_K):   # K = 1024: the layouts of four and two blocks a group
+            matmul(random_tensor(ggml_type, (3, 1024)), np.ones((24, 1024), np.float32))
+        pf.AMX = was
     for ggml_type in _DECODE32:
         matvec(random_tensor(ggml_type, (3, 96)), np.ones(96, np.float32))
         matmuls([random_tensor(ggml_type, (3, 96))] * 2, np.ones((1, 96), np.float32))
     matmuls([random_tensor(T.Q4_K, (3, K))] * 2, np.ones((1, K), np.float32))
-    for amx in {False, pf.AMX}:   # K = 1024: the layouts of four and two blocks a group (AMX off), AMX's
-        pf.AMX, was = amx, pf.AMX
-        for ggml_type in (T.Q4_K, T.Q5_K, T.Q6_K):
-            matmul(random_tensor(ggml_type, (3, 1024)), np.ones((24, 1024), np.float32))
-        pf.AMX = was
     script = """if True:
         import numpy as np
         from quant import QuantizedTensor, SUPPORTED_TYPES, matvec, matmul
@@ -467,12 +467,12 @@ def test_second_process_compiles_nothing():
         import quant.prefill as pf
         import quant.prefill_amx as pa
         from quant.prefill import _w16_rows
-        for t, fmt in FORMATS.items():
-            w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
-            matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((24, 768), np.float32)); matmul(w, np.ones((2, 768), np.float32))
-            matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((24, 768), np.float32), exact=True)
         for amx in {False, pf.AMX}:
             pf.AMX, was = amx, pf.AMX
+            for t, fmt in FORMATS.items():
+                w = QuantizedTensor("w", t, (3, 768), np.zeros((3, 768 // fmt.BLOCK * fmt.BYTES), np.uint8))
+                matvec(w, np.ones(768, np.float32)); matmul(w, np.ones((24, 768), np.float32)); matmul(w, np.ones((2, 768), np.float32))
+                matvec(w, np.ones(768, np.float32), exact=True); matmul(w, np.ones((24, 768), np.float32), exact=True)
             for t in (12, 13, 14):   # Q4_K, Q5_K, Q6_K at K = 1024: four, two and four blocks a group
                 w = QuantizedTensor("w", t, (3, 1024), np.zeros((3, 4 * FORMATS[t].BYTES), np.uint8))
                 matmul(w, np.ones((24, 1024), np.float32))
@@ -490,7 +490,7 @@ def test_second_process_compiles_nothing():
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE32.values()]
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE_TOKENS.values()] + list(pf._UNPACK32.values())
         kernels += [ks[qk.INT_PATH] for ks in pf._W4X2.values()] + [pf._MINS[qk.INT_PATH], pf._W32[qk.INT_PATH], pf._W32_NOMINS[qk.INT_PATH]]
-        kernels += [pa.amx_rows, pa._amx_tokens] if pf.AMX else []
+        kernels += [pa.amx_rows, pa._amx_tokens, *pf._UNPACK_AMX.values()] if pf.AMX else []
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
@@ -500,7 +500,7 @@ def test_second_process_compiles_nothing():
     from quant.kernels import INT_PATH
     kernels = len({ks[INT_PATH] for ks in INT_KERNELS.values()}) + sum(len(ks) for ks in _UNPACK.values())   # decode + prefill unpackers
     kernels += len(_DECODE32) + len(_DECODE_TOKENS) + len(_UNPACK32)
-    assert misses == 0 and hits == 15 + 2 * len(FORMATS) + kernels + 6 + (2 if HAS_AMX else 0), out.stdout
+    assert misses == 0 and hits == 15 + 2 * len(FORMATS) + kernels + 6 + (5 if HAS_AMX else 0), out.stdout
 
 
 def test_kernel_calls_do_not_call_back_into_python(monkeypatch):
