@@ -16,7 +16,7 @@ from numba import prange, types
 from . import intdot_prefill
 from .activations import QMAX, QMAX14, TOKENS_PAD, aligned_int16, quantize_prefill, quantize_prefill32
 from .jit import KERNEL, MINS_SIG, OUT2, ROWS, UNPACK16_SIG, W4X2_SIG, kernel_address, njit_parallel, pointer_call
-from .prefill_amx import TILE_TOKENS, amx_rows, amx_tokens
+from .prefill_amx import TILE_TOKENS, amx_rows, quantize_amx
 from .simd_amx import HAS_AMX
 from .tensor import QuantizedTensor
 
@@ -147,19 +147,13 @@ GROUP_TOKENS = 8
 AMX, AMX_TOKENS = HAS_AMX, 8
 
 
-def _quantize_amx(x: np.ndarray):
-    """x (T, K) -> xh, xl, xd (prefill_amx.amx_tokens) and pxt (quantize_prefill's, for the mins kernel)."""
-    d, q16, pxt = quantize_prefill(x, 1, QMAX)
-    return (*amx_tokens(q16, d), pxt)
-
-
 # Integer prefill layouts (_prefill_scheme): the tokens' quantizer, and per unit of the layout its elements,
 # weight scales and mins (the _w16_rows arguments)
 B32 = (32, QMAX)   # the key of the 32-block types' layout
 AMX_KEY = ("amx", QMAX)
 _PREFILL = {**{(g, q): (partial(quantize_prefill, g=g, qmax=q), 256 * g, 16 if g > 1 else 1, 8 * g)
                for g, q in ((1, QMAX), (2, QMAX), (4, QMAX), (4, QMAX14))},
-            B32: (quantize_prefill32, 512, 16, 16), AMX_KEY: (_quantize_amx, 256, 1, 8)}
+            B32: (quantize_prefill32, 512, 16, 16), AMX_KEY: (quantize_amx, 256, 1, 8)}
 
 
 def _prefill_activations(x: np.ndarray, scheme: tuple):

@@ -1,7 +1,7 @@
 """Integer prefill of the K-quants on Intel AMX (simd_amx.py): the tokens' layout, the driver and the portable twin.
 
-The tokens are quantized as for the other paths (activations.quantize_prefill, one block a group, 16-bit), then
-split into high and low bytes in the layout of TMUL's B tiles (amx_tokens). Each thread takes a block of rows at a
+The tokens are quantized as for the other paths (activations.quantize_prefill, one block a group, 16-bit), their
+high and low bytes in the layout of TMUL's B tiles (quantize_amx). Each thread takes a block of rows at a
 time, unpacks a segment of K of them with the g = 1 unpackers of the AVX-512 path (int16 q times sub-block scale,
 each block's d, the mins) and splits them into bytes (split_bytes); simd_amx.k_tiles meets every 16 of those rows
 with all the tokens of the tile; Q4_K's and Q5_K's mins go through the mins kernel as on the other paths. Each
@@ -10,7 +10,7 @@ output row is computed by one thread in a fixed order, so results do not depend 
 import numpy as np
 from numba import prange
 
-from .activations import BLOCK, aligned_int8, aligned_int16
+from .activations import BLOCK, TOKENS_PAD, _block_scale, _round, aligned_int8, aligned_int16
 from .jit import MINS_SIG, UNPACK16_SIG, njit, njit_parallel, pointer_call
 from .simd_amx import TILE_CONFIG, k_tiles, tile_config, tile_release
 
@@ -20,39 +20,56 @@ TILE_TOKENS = 16   # tokens of a B tile (and rows of an A tile)
 
 
 @njit(inline="always")
-def _hi_lo(q):
-    """A 16-bit q16 as 256 hi + lo, both signed bytes (|q| <= 32512 keeps hi within -127..127)."""
-    hi = (np.int32(q) + 128) >> 8
-    return np.int8(hi), np.int8(np.int32(q) - 256 * hi)
+def _four_bytes(q, e, lo):
+    """The high (lo False) or low bytes of q[e:e + 4] (q16 = 256 hi + lo, both signed: |q| <= 32512 keeps hi within
+    -127..127) packed little-endian in an int32."""
+    word = np.int32(0)
+    for c in range(4):
+        hi = (q[e + c] + 128) >> 8
+        word |= ((q[e + c] - 256 * hi if lo else hi) & 255) << (8 * c)
+    return word
 
 
 @njit_parallel
-def _amx_tokens(q16, d, xh, xl, xd):
-    n_t, k = q16.shape
-    for tt in prange(xh.shape[0] // (16 * k)):
-        base = tt * 16 * k
-        for t in range(16):
-            tok = 16 * tt + t
+def _quantize_amx(x, xh, xl, xd, pxt):
+    n_t, k = x.shape
+    xh32, xl32 = xh.view(np.int32), xl.view(np.int32)
+    for tt in prange(xd.shape[1] // TILE_TOKENS):   # a token tile a thread: its tokens share cache lines
+        q = np.empty(BLOCK, np.int32)
+        for t in range(TILE_TOKENS):
+            tok = TILE_TOKENS * tt + t
+            bits = x[min(tok, n_t - 1)].view(np.uint32)
             for b in range(k // BLOCK):
-                xd[b, tok] = d[tok, b] if tok < n_t else 0
-            for e in range(k):   # element e: K-step e // 64, tile row (e % 64) // 4, byte e % 4 of token t's four
-                at = base + 1024 * (e // 64) + 64 * ((e % 64) // 4) + 4 * t + e % 4
                 if tok < n_t:
-                    xh[at], xl[at] = _hi_lo(q16[tok, e])
-                else:
-                    xh[at], xl[at] = 0, 0
+                    db, inv = _block_scale(bits, b * BLOCK, BLOCK)
+                    for j in range(8):   # as activations._round_block
+                        s = np.int32(0)
+                        for e in range(32 * j, 32 * j + 32):
+                            q[e] = _round(x[tok, b * BLOCK + e], inv)
+                            s += q[e]
+                        pxt[8 * b + j, tok] = np.float32(s) * db
+                else:   # padding: zero
+                    db = np.float32(0)
+                    q[:] = 0
+                xd[b, tok] = db
+                for e in range(0, BLOCK, 4):   # element b 256 + e: 64s of K (b 256 + e) // 64, tile row (e % 64) // 4
+                    at = tt * 4 * k + 256 * ((b * BLOCK + e) // 64) + 16 * ((e % 64) // 4) + t
+                    xh32[at], xl32[at] = _four_bytes(q, e, False), _four_bytes(q, e, True)
 
 
-def amx_tokens(q16: np.ndarray, d: np.ndarray):
-    """q16 (T, K) int16 and d (T, K/256) (activations.quantize_prefill, g = 1) -> xh, xl ((T16/16) 16 K,) int8 and
-    xd (K/256, T16) f32, T16 = T rounded up to 16 (padding tokens zero): token tile tt at 16 K tt, then its 64s
-    of K 1024 bytes each, in TMUL's B layout (row i: the tile's 16 tokens' elements 4i .. 4i + 3 of the 64)."""
-    n_t, k = q16.shape
+def quantize_amx(x: np.ndarray):
+    """x (T, K) float32 contiguous -> the tokens quantized as activations.quantize_prefill (g = 1) quantizes them,
+    laid out for simd_amx.k_tiles: xh, xl ((T16/16) 16 K,) int8, the high and low bytes of q16 (both signed),
+    token tile tt at 16 K tt, then its 64s of K 1024 bytes each in TMUL's B layout (row i: the tile's 16 tokens'
+    elements 4i .. 4i + 3 of the 64); xd (K/256, T16) f32, d by block, tokens along; pxt as quantize_prefill's (the
+    mins kernel's). T16 = T rounded up to 16, the padding tokens zero."""
+    n_t, k = x.shape
     t16 = -(-n_t // TILE_TOKENS) * TILE_TOKENS
     xh, xl = aligned_int8(t16 * k), aligned_int8(t16 * k)
     xd = np.empty((k // BLOCK, t16), np.float32)
-    _amx_tokens(q16, d, xh, xl, xd)
-    return xh, xl, xd
+    pxt = np.zeros((k // 32, t16 + TOKENS_PAD), np.float32)
+    _quantize_amx(x, xh, xl, xd, pxt)
+    return xh, xl, xd, pxt
 
 
 @njit_parallel   # no signature: compiled at its first call (on a CPU with AMX), never at import

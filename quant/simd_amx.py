@@ -7,7 +7,7 @@ sub-block scales (w = sc q) up to 13 bits, so each side is split into two bytes 
 TMULs, exactly: x = 256 xh + xl (xh, xl signed), w = 256 wh + wl (wh signed, wl in 0..255), and
 w x = 65536 wh xh + 256 (wh xl + wl xh) + wl xl: four int32 tiles.
 A is the weights, 16 rows by 64 of K as the unpack lays them out (row-major); B the tokens, 16 of them by 64
-of K in the "VNNI" layout TMUL wants (row i: each token's elements 4i .. 4i + 3; prefill_amx.amx_tokens).
+of K in the "VNNI" layout TMUL wants (row i: each token's elements 4i .. 4i + 3; prefill_amx.quantize_amx).
 Per block of 256 the tiles go to memory and AVX-512 folds them into float32 accumulators (the block's
 weight d and tokens' d differ); prefill_amx.py has the driver and the portable twin of these operations.
 
@@ -98,7 +98,7 @@ def k_tiles(typingctx, w, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc
     fused multiply-add; prefill_amx.amx_reference does the same).
     w: the rows' bytes, row r at wo + r ws, block b at + 512 b: its 256 high bytes, then its 256 low bytes (the split
     unpackers, simd_prefill._write_group); xh, xl: token tile tt at xo + tt xts,
-    the 64 of K from 64 j at + 1024 j (prefill_amx.amx_tokens); accf: the float32 sums between blocks, 256 n_rt n_tt.
+    the 64 of K from 64 j at + 1024 j (prefill_amx.quantize_amx); accf: the float32 sums between blocks, 256 n_rt n_tt.
     Blocks outermost, then token tiles, then row tiles: a block's weights (8 KB a row tile) stay in L1 across the
     token tiles, and each token tile's block (8 KB) across the row tiles; loads from L2 cost as much as the TMULs."""
     ints = (wo, ws, n_rt, xo, xts, n_tt, xdo, xds, dso, dss, nb, ao, accs)

@@ -11,7 +11,7 @@ import quant.prefill as pf
 from quant import dequantize, matmul, matmuls
 from quant.activations import quantize_prefill
 from quant.intdot_prefill import mins_portable
-from quant.prefill_amx import amx_reference, amx_tokens
+from quant.prefill_amx import amx_reference, quantize_amx
 from quant.simd_amx import HAS_AMX
 from test_quant_kernels import assert_close, random_tensor
 
@@ -25,14 +25,18 @@ def tokens(n, k, seed):
 
 
 def test_tokens_in_tmul_b_layout():
-    """amx_tokens: token tile tt, its 64s of K j, row i, token t, byte c hold the high (low) byte of element
-    64 j + 4 i + c of token 16 tt + t, q16 = 256 hi + lo with both signed; d transposed; padding tokens zero."""
+    """quantize_amx: the d, q16 and pxt of quantize_prefill (g = 1); token tile tt, its 64s of K j, row i, token t,
+    byte c hold the high (low) byte of element 64 j + 4 i + c of token 16 tt + t, q16 = 256 hi + lo with both
+    signed; d transposed; padding tokens zero (an all-zero token and block too)."""
     n, k = 21, 512
-    d, q16, _ = quantize_prefill(tokens(n, k, 1))
-    xh, xl, xd = amx_tokens(q16, d)
+    x = tokens(n, k, 1)
+    x[3], x[5, 256:] = 0, 0
+    d, q16, pxt = quantize_prefill(x)
+    xh, xl, xd, px = quantize_amx(x)
     hi = (q16.astype(np.int32) + 128) >> 8
     lo = q16 - 256 * hi
     assert hi.min() >= -127 and hi.max() <= 127 and lo.min() >= -128 and lo.max() <= 127
+    assert xh.ctypes.data % 64 == 0 and xl.ctypes.data % 64 == 0
     for got, want in ((xh, hi), (xl, lo)):
         padded = np.zeros((32, k), np.int32)
         padded[:n] = want
@@ -41,6 +45,7 @@ def test_tokens_in_tmul_b_layout():
         np.testing.assert_array_equal(rows, padded)
     np.testing.assert_array_equal(xd[:, :n], d.T)
     assert not xd[:, n:].any()
+    np.testing.assert_array_equal(px, pxt)
 
 
 def unpacked(w, seg):
@@ -110,7 +115,7 @@ def two_threads():
     numba.set_num_threads(before)
 
 
-def test_amx_only_on_the_avx512_path_and_from_amx_tokens(monkeypatch):
+def test_amx_only_on_the_avx512_path_and_from_amx_tokens_on(monkeypatch):
     """The scheme: AMX where it is on, on the avx512 path (its kernels fold the tiles), from AMX_TOKENS tokens;
     else the AVX-512 layouts."""
     w = random_tensor(T.Q4_K, (37, 1024), seed=55)

@@ -490,7 +490,7 @@ def test_second_process_compiles_nothing():
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE32.values()]
         kernels += [ks[qk.INT_PATH] for ks in qk._DECODE_TOKENS.values()] + list(pf._UNPACK32.values())
         kernels += [ks[qk.INT_PATH] for ks in pf._W4X2.values()] + [pf._MINS[qk.INT_PATH], pf._W32[qk.INT_PATH], pf._W32_NOMINS[qk.INT_PATH]]
-        kernels += [pa.amx_rows, pa._amx_tokens, *pf._UNPACK_AMX.values()] if pf.AMX else []
+        kernels += [pa.amx_rows, pa._quantize_amx, *pf._UNPACK_AMX.values()] if pf.AMX else []
         print(sum(sum(k.stats.cache_misses.values()) for k in kernels), sum(sum(k.stats.cache_hits.values()) for k in kernels))
     """
     root = Path(__file__).resolve().parents[1]
