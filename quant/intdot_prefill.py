@@ -27,12 +27,16 @@ from .simd_prefill32 import (B32_BYTES, q4_0_unpack16, q4_1_unpack16, q5_0_unpac
 
 # --- K-quants: each row unpacked once to int16, then one dot product per token ---
 
+ROW_PAD = 32   # int16 (one cache line) after each row of the split unpack
+
+
 @njit(inline="always")
 def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g, split=False):
     """Groups u0 .. u0 + su (g blocks each) of Q4_K (kind 0), Q5_K (1) or Q6_K (2) rows r0 .. r0 + nr - 1 (n_out of
     them, the last one repeated) -> w16 int16 = q * scale[s] interleaved g blocks a group (activations.interleave_k;
     row i at 256 g su i), dsc = d by lane (row i at 16 su i), msc = dmin * min[s] (at 8 g su i; Q6_K: none).
-    split (g = 1, for AMX): each block's 512 bytes of w16 hold its high bytes, then its low bytes (_write_group).
+    split (g = 1, for AMX): each block's 512 bytes of w16 hold its high bytes, then its low bytes (_write_group), and
+    row i starts at (256 su + ROW_PAD) i: a row stride of 2^n bytes put the 16 rows of a tile in one L1 set.
     One call for many rows: a call per row (four sliced arrays, their reference counts) cost as much as
     unpacking it."""
     nbytes = (Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES)[kind]
@@ -43,12 +47,13 @@ def k_unpack_loop(rows, r0, nr, n_out, u0, su, w16, dsc, msc, kind, g, split=Fal
             for b in range(g):
                 prefetch_block(row, o + b * nbytes, nbytes)
             if split:
+                y = (BLOCK * su + ROW_PAD) * i + BLOCK * u
                 if kind == 2:
-                    q6_k_unpack_split(row, o, w16, BLOCK * j, dsc, msc, j)
+                    q6_k_unpack_split(row, o, w16, y, dsc, msc, j)
                 elif kind == 1:
-                    q5_k_unpack_split(row, o, w16, BLOCK * j, dsc, msc, j)
+                    q5_k_unpack_split(row, o, w16, y, dsc, msc, j)
                 else:
-                    q4_k_unpack_split(row, o, w16, BLOCK * j, dsc, msc, j)
+                    q4_k_unpack_split(row, o, w16, y, dsc, msc, j)
             elif kind == 2:
                 if g == 4:
                     q6_k_unpack16_g4(row, o, w16, BLOCK * j, dsc, msc, j)

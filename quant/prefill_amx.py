@@ -11,6 +11,7 @@ import numpy as np
 from numba import prange
 
 from .activations import BLOCK, TOKENS_PAD, _block_scale, _round, aligned_int8, aligned_int16
+from .intdot_prefill import ROW_PAD
 from .jit import MINS_SIG, UNPACK16_SIG, njit, njit_parallel, pointer_call
 from .simd_amx import TILE_CONFIG, k_tiles, tile_config, tile_release
 
@@ -87,7 +88,7 @@ def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0,
         r0 = task * block_rows
         nr = min(block_rows, n - r0)
         n16 = (nr + 15) // 16 * 16
-        w16 = aligned_int16(n16 * seg * BLOCK)
+        w16 = aligned_int16(n16 * (seg * BLOCK + ROW_PAD))
         wb = w16.view(np.int8)
         dsc, msc = np.empty(n16 * seg, np.float32), np.empty(n16 * seg * 8, np.float32)
         acc = np.zeros(n16 * nt, np.float64)   # acc[i nt + t]: row r0 + i, token t of the chunk
@@ -97,7 +98,7 @@ def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0,
         for b0 in range(0, nb, seg):
             sb = min(seg, nb - b0)
             _call_unpack16(unpack, (rows, r0, nr, n16, b0, sb, w16, dsc, msc))
-            k_tiles(wb, 0, 2 * sb * BLOCK, n16 // 16, xh, xl, 16 * tt0 * k + 4096 * b0, 16 * k, ntt,
+            k_tiles(wb, 0, 2 * (sb * BLOCK + ROW_PAD), n16 // 16, xh, xl, 16 * tt0 * k + 4096 * b0, 16 * k, ntt,
                     xdf, b0 * t16 + 16 * tt0, t16, dsc, 0, sb, sb, accf, acc, 0, nt)
             if mins:
                 _call_mins(mins, (msc[:n16 * sb * 8], pf, 8 * b0, ldp, accm))
@@ -114,8 +115,8 @@ def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0,
 def amx_reference(w16: np.ndarray, dsc: np.ndarray, q16: np.ndarray, d: np.ndarray, seg: int) -> np.ndarray:
     """Numpy twin of amx_rows before the mins: w16 (N, K) int16 (q times scale, the unpack's), dsc (N, K/256) its
     d, q16 (T, K) and d (T, K/256) the tokens' (quantize_prefill, g = 1) -> (N, T) float64. Per segment of seg
-    blocks and block b: the exact integer sums hh, mid, ll of simd_amx's byte split, then its float32 operations
-    in its order; the segments added in float64."""
+    blocks and block b: the exact integer sums of simd_amx's byte split, then its float32 operations in its
+    order; the segments added in float64."""
     wh, wl = w16.astype(np.int64) >> 8, w16.astype(np.int64) & 255
     hi = (q16.astype(np.int64) + 128) >> 8
     lo = q16 - 256 * hi
@@ -126,9 +127,8 @@ def amx_reference(w16: np.ndarray, dsc: np.ndarray, q16: np.ndarray, d: np.ndarr
         acc = np.zeros(acc64.shape, f32)
         for b in range(b0, min(nb, b0 + seg)):
             e = slice(BLOCK * b, BLOCK * (b + 1))
-            hh, ll = wh[:, e] @ hi[:, e].T, wl[:, e] @ lo[:, e].T
-            mid = wh[:, e] @ lo[:, e].T + wl[:, e] @ hi[:, e].T
-            f = (hh.astype(f32) * f32(65536) + mid.astype(f32) * f32(256)) + ll.astype(f32)
+            v = 256 * (wh[:, e] @ hi[:, e].T) + wh[:, e] @ lo[:, e].T + wl[:, e] @ hi[:, e].T
+            f = v.astype(f32) * f32(256) + (wl[:, e] @ lo[:, e].T).astype(f32)   # the product exact: one rounding
             acc = acc + f * (d[None, :, b] * dsc[:, b, None])
         acc64 += acc
     return acc64

@@ -24,6 +24,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .simd import _FEATURES, HAS_AVX512, I8, I32, I64, _fn, _i64, _load_at, _loop, _splat
+from .simd_prefill import _fma_fn
 
 V16F, V16I32 = ir.VectorType(ir.FloatType(), 16), ir.VectorType(I32, 16)
 P8 = I8.as_pointer()
@@ -93,9 +94,9 @@ F32ARR = (types.Array(types.float32, 1, "C", readonly=True), types.Array(types.f
 def k_tiles(typingctx, w, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, accf, acc, ao, accs):
     """n_rt tiles of 16 weight rows against n_tt tiles of 16 tokens over nb blocks of 256 (a segment of K):
     acc[ao + r accs + 16 tt + t] += float64(the segment's float32 sum for row r, token t of tile tt), where per
-    block b the exact int32 tiles hh, mid, ll (module docstring) give f = (f32(hh) * 65536 + f32(mid) * 256) + f32(ll)
-    and a = a + f * (xd[xdo + b xds + 16 tt + t] * dsc[dso + r dss + b]) from a = 0, each operation rounded (no
-    fused multiply-add; prefill_amx.amx_reference does the same).
+    block b the exact int32 tiles hh, hl, lh, ll (module docstring) give v = 256 hh + hl + lh (exact), f = f32(v) * 256 +
+    f32(ll) (f32(v) rounded, f once more) and a = a + f * (xd[xdo + b xds + 16 tt + t] * dsc[dso + r dss + b]) from
+    a = 0, each product and sum rounded (prefill_amx.amx_reference does the same).
     w: the rows' bytes, row r at wo + r ws, block b at + 512 b: its 256 high bytes, then its 256 low bytes (the split
     unpackers, simd_prefill._write_group); xh, xl: token tile tt at xo + tt xts,
     the 64 of K from 64 j at + 1024 j (prefill_amx.quantize_amx); accf: the float32 sums between blocks, 256 n_rt n_tt.
@@ -116,15 +117,19 @@ def k_tiles(typingctx, w, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc
         scratch = cgutils.alloca_once(builder, ir.ArrayType(I32, 2 * 4 * 256))   # two steps' tiles, alternately
         scratch.align = 64
         sp = builder.bitcast(scratch, I32.as_pointer())
-        zero = ir.Constant(V16F, [0.0] * 16)
-        f32 = lambda v: _splat(builder, ir.Constant(ir.FloatType(), v), 16)  # noqa: E731
+        zero, fma = ir.Constant(V16F, [0.0] * 16), _fma_fn(builder, 16)
+        f16 = lambda v: _splat(builder, ir.Constant(ir.FloatType(), v), 16)  # noqa: E731
 
-        def where(i):   # step i -> (row tile, token tile, block)
-            rt, rest = builder.urem(i, nrt_), builder.udiv(i, nrt_)
-            return rt, builder.urem(rest, ntt_), builder.udiv(rest, ntt_)
+        def advance(at):   # (row tile, token tile, block) of the next step
+            rt, tt, b = at
+            rt1 = builder.add(rt, c(1))
+            wrap = builder.icmp_unsigned("==", rt1, nrt_)
+            tt1 = builder.select(wrap, builder.add(tt, c(1)), tt)
+            wrap2 = builder.icmp_unsigned("==", tt1, ntt_)
+            return [builder.select(wrap, c(0), rt1), builder.select(wrap2, c(0), tt1), builder.select(wrap2, builder.add(b, c(1)), b)]
 
-        def tiles(i):   # step i's TMULs, their int32 tiles to scratch[i % 2]
-            rt, tt, b = where(i)
+        def tiles(i, at):   # step i's TMULs (at: its row tile, token tile, block), their int32 tiles to scratch[i % 2]
+            rt, tt, b = at
             wr = builder.add(builder.add(wo_, builder.mul(builder.mul(rt, c(16)), ws_)), builder.mul(b, c(512)))
             xt = builder.add(builder.add(xo_, builder.mul(tt, xts_)), builder.mul(b, c(4096)))
             for t in (4, 5, 6, 7):
@@ -139,21 +144,21 @@ def k_tiles(typingctx, w, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc
                 _tile(builder, "tdpbssd", 5, 0, 3)   # wh xl
                 _tile(builder, "tdpbusd", 6, 1, 2)   # wl (unsigned) xh
                 _tile(builder, "tdpbusd", 7, 1, 3)   # wl xl
-            half = builder.mul(builder.urem(i, c(2)), c(1024))
+            half = builder.mul(builder.and_(i, c(1)), c(1024))
             for k, t in enumerate((4, 5, 6, 7)):
                 _tile(builder, "tilestored64", t, builder.bitcast(builder.gep(sp, [builder.add(half, c(256 * k))]), P8), c(64))
 
-        def fold(i):   # step i's tiles (scratch[i % 2]) into its float32 sums (accf), after its last block into acc
-            rt, tt, b = where(i)
-            half = builder.mul(builder.urem(i, c(2)), c(1024))
-            xdv = _load_at(builder, xdp, builder.add(builder.add(xdo_, builder.mul(b, xds_)), builder.mul(tt, c(16))), V16F)
+        def fold(i, at):   # step i's tiles (scratch[i % 2]) into its float32 sums (accf), after its last block into acc
+            rt, tt, b = at
+            half = builder.mul(builder.and_(i, c(1)), c(1024))
             first, last = builder.icmp_unsigned("==", b, c(0)), builder.icmp_unsigned("==", b, builder.sub(nb_, c(1)))
             fa = builder.mul(builder.add(builder.mul(rt, ntt_), tt), c(256))
+            xdv = _load_at(builder, xdp, builder.add(builder.add(xdo_, builder.mul(b, xds_)), builder.mul(tt, c(16))), V16F)
             sums = []
             for r in range(16):
                 hh, hl, lh, ll = (_load_at(builder, sp, builder.add(half, c(256 * k + 16 * r)), V16I32) for k in range(4))
-                hh, mid, ll = (builder.sitofp(v, V16F) for v in (hh, builder.add(hl, lh), ll))   # |mid| < 2^24: exact
-                f = builder.fadd(builder.fadd(builder.fmul(hh, f32(65536.0)), builder.fmul(mid, f32(256.0))), ll)
+                v = builder.add(builder.shl(hh, ir.Constant(V16I32, [8] * 16)), builder.add(hl, lh))   # < 2^31
+                f = builder.call(fma, [builder.sitofp(v, V16F), f16(256.0), builder.sitofp(ll, V16F)])   # one rounding
                 row = builder.add(builder.mul(rt, c(16)), c(r))
                 d = _load_at(builder, dp, builder.add(builder.add(dso_, builder.mul(row, dss_)), b), ir.FloatType())
                 a = builder.select(first, zero, _load_at(builder, fp, builder.add(fa, c(16 * r)), V16F))
@@ -172,15 +177,16 @@ def k_tiles(typingctx, w, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc
         # software-pipelined: step i's TMULs are issued before step i - 1's tiles are folded, so that the AVX-512
         # work can run while the tile unit works
         n = builder.mul(builder.mul(nrt_, ntt_), nb_)
-        tiles(c(0))
+        tiles(c(0), [c(0)] * 3)
 
-        def step(i, _):
-            tiles(builder.add(i, c(1)))
-            fold(i)
-            return []
+        def step(i, at):
+            nxt = advance(at)
+            tiles(builder.add(i, c(1)), nxt)
+            fold(i, at)
+            return nxt
 
-        _loop(builder, builder.sub(n, c(1)), [], step)
-        fold(builder.sub(n, c(1)))
+        last = _loop(builder, builder.sub(n, c(1)), [c(0)] * 3, step)
+        fold(builder.sub(n, c(1)), last)
         return context.get_dummy_value()
 
     return types.none(w, wo, ws, n_rt, xh, xl, xo, xts, n_tt, xd, xdo, xds, dsc, dso, dss, nb, accf, acc, ao, accs), codegen
