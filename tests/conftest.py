@@ -75,3 +75,14 @@ def tiny_gguf(tmp_path_factory):
         return built[key]
 
     return build
+
+
+@pytest.fixture
+def two_threads():
+    """The test may set Numba's threads to 1 or 2; the count is restored after. Skipped with fewer than 2."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    before = numba.get_num_threads()
+    yield
+    numba.set_num_threads(before)

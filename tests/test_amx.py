@@ -106,15 +106,6 @@ def test_amx_prefill_matches_its_twin(ggml_type, k, monkeypatch, two_threads):
             np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
 
 
-@pytest.fixture
-def two_threads():
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs 2 Numba threads")
-    before = numba.get_num_threads()
-    yield
-    numba.set_num_threads(before)
-
-
 def test_amx_only_on_the_avx512_path_and_from_amx_tokens_on(monkeypatch):
     """The scheme: AMX where it is on, on the avx512 path (its kernels fold the tiles), from AMX_TOKENS tokens;
     else the AVX-512 layouts."""

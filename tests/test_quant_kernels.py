@@ -65,15 +65,6 @@ def assert_close(ours, ref, what, rel=1e-5):
     assert np.abs(diff).max() <= rel * np.abs(ref).max(), what
 
 
-@pytest.fixture
-def two_threads():
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs 2 Numba threads")
-    before = numba.get_num_threads()
-    yield
-    numba.set_num_threads(before)
-
-
 @pytest.mark.parametrize("ggml_type", SUPPORTED_TYPES, ids=lambda t: t.name)
 def test_matvec_matmul_vs_float64(ggml_type):
     w = random_tensor(ggml_type, (N, K), seed=int(ggml_type))
