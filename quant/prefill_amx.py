@@ -20,23 +20,14 @@ _CONFIG = np.frombuffer(TILE_CONFIG, np.uint8)
 TILE_TOKENS = 16   # tokens of a B tile (and rows of an A tile)
 
 
-@njit(inline="always")
-def _four_bytes(q, e, lo):
-    """The high (lo False) or low bytes of q[e:e + 4] (q16 = 256 hi + lo, both signed: |q| <= 32512 keeps hi within
-    -127..127) packed little-endian in an int32."""
-    word = np.int32(0)
-    for c in range(4):
-        hi = (q[e + c] + 128) >> 8
-        word |= ((q[e + c] - 256 * hi if lo else hi) & 255) << (8 * c)
-    return word
-
-
 @njit_parallel
 def _quantize_amx(x, xh, xl, xd, pxt):
     n_t, k = x.shape
     xh32, xl32 = xh.view(np.int32), xl.view(np.int32)
     for tt in prange(xd.shape[1] // TILE_TOKENS):   # a token tile a thread: its tokens share cache lines
         q = np.empty(BLOCK, np.int32)
+        hb, lb = np.empty(BLOCK, np.int8), np.empty(BLOCK, np.int8)   # a block's high and low bytes
+        hb32, lb32 = hb.view(np.int32), lb.view(np.int32)
         for t in range(TILE_TOKENS):
             tok = TILE_TOKENS * tt + t
             bits = x[min(tok, n_t - 1)].view(np.uint32)
@@ -53,9 +44,12 @@ def _quantize_amx(x, xh, xl, xd, pxt):
                     db = np.float32(0)
                     q[:] = 0
                 xd[b, tok] = db
-                for e in range(0, BLOCK, 4):   # element b 256 + e: 64s of K (b 256 + e) // 64, tile row (e % 64) // 4
-                    at = tt * 4 * k + 256 * ((b * BLOCK + e) // 64) + 16 * ((e % 64) // 4) + t
-                    xh32[at], xl32[at] = _four_bytes(q, e, False), _four_bytes(q, e, True)
+                for e in range(BLOCK):   # q16 = 256 hi + lo, both signed (|q| <= 32512: hi within -127..127)
+                    hi = (q[e] + 128) >> 8
+                    hb[e], lb[e] = hi, q[e] - 256 * hi
+                for g in range(BLOCK // 4):   # four elements: 64s of K (b 256 + 4 g) // 64, tile row g % 16, token t
+                    at = tt * 4 * k + 256 * (4 * b + g // 16) + 16 * (g % 16) + t
+                    xh32[at], xl32[at] = hb32[g], lb32[g]
 
 
 def quantize_amx(x: np.ndarray):
