@@ -21,7 +21,9 @@ $(RUNTIME): pyproject.toml
 # (a Zen 5 build on a Xeon). Its AMX kernels are left out: GCC 12 (Debian 12) drops the tile configuration's
 # stores before ldtilecfg (amxtileintrin.h reads it as 8 bytes), so on a CPU with AMX every prompt of more
 # than one token died with SIGILL in ggml_backend_amx_mul_mat. It runs its AVX-512/AVX2 kernels instead.
-LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16')
+# (The flags where the compiler takes them: x86 GCC 11 and later, clang.)
+NO_AMX := $(shell $(CC) -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 -E -x c /dev/null >/dev/null 2>&1 && echo "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16")
+LLAMA_CMAKE_ARGS := $(if $(NO_AMX),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')
 LLAMA_CACHE := $(HOME)/.cache/gguf-runner/pip-$(shell (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; uname -m; echo "$(LLAMA_CMAKE_ARGS)") | cksum | cut -d' ' -f1)
 
 # Plus the oracles and test tools (llama-cpp-python compiles once per CPU, 3-8 minutes).
