@@ -1,11 +1,11 @@
 """Integer prefill of the K-quants on Intel AMX (simd_amx.py): the tokens' layout, the driver and the portable twin.
 
 The tokens are quantized as for the other paths (activations.quantize_prefill, one block a group, 16-bit), their
-high and low bytes in the layout of TMUL's B tiles (quantize_amx). Each thread takes a block of rows at a
-time, unpacks a segment of K of them with the g = 1 unpackers of the AVX-512 path (int16 q times sub-block scale,
-each block's d, the mins) and splits them into bytes (split_bytes); simd_amx.k_tiles meets every 16 of those rows
-with all the tokens of the tile; Q4_K's and Q5_K's mins go through the mins kernel as on the other paths. Each
-output row is computed by one thread in a fixed order, so results do not depend on the thread count.
+high and low bytes in the layout of TMUL's B tiles (quantize_amx). Each thread takes a block of rows at a time
+and unpacks a segment of K of them with the split unpackers (q times sub-block scale as each block's high bytes,
+then its low bytes; each block's d; the mins); simd_amx.k_tiles meets every 16 of those rows with all the tokens
+of the chunk; Q4_K's and Q5_K's mins go through the mins kernel as on the other paths. Each output row is
+computed by one thread in a fixed order, so results do not depend on the thread count.
 """
 import numpy as np
 from numba import prange
@@ -70,8 +70,8 @@ def quantize_amx(x: np.ndarray):
 @njit_parallel   # no signature: compiled at its first call (on a CPU with AMX), never at import
 def amx_rows(unpack, mins, rows, xh, xl, xd, pf, out, block_rows, seg, ldp, tt0, ntt):
     """out[16 tt0 + t, r] (t < 16 ntt, the token tiles tt0 .. tt0 + ntt - 1) = row r . token (simd_amx.k_tiles), for
-    K-quant rows unpacked by unpack (one of the split unpackers: each block's high bytes, then its low bytes); mins (Q4_K, Q5_K; else 0) with pf the tokens' sums by sub-block from
-    the chunk's first token (row stride ldp). A thread takes block_rows rows at a time and goes along K by
+    K-quant rows unpacked by unpack (a split unpacker); mins (Q4_K, Q5_K; else 0) with pf the tokens' sums by
+    sub-block from the chunk's first token (row stride ldp). A thread takes block_rows rows at a time and goes along K by
     segments of seg blocks: it unpacks its rows' segment (the last row repeated to fill 16), then every 16 rows
     meet all the chunk's tokens. A (row, token) sums its segments in float64, in order."""
     n, k = rows.shape[0], xd.shape[0] * BLOCK
