@@ -112,7 +112,11 @@ SEG_BLOCKS = 8   # K segment of the prefill kernels, in blocks of 256: 4 rows of
 @cache
 def _prefill_kernels(ggml_type: int, path: str, scheme: tuple):
     """(unpack, four-by-two kernel, mins kernel or 0) addresses for the layout scheme: Q4_K and Q5_K take the
-    mins kernel after the four-by-two one; Q4_1 and Q5_1 the four-by-two kernel with their offsets in it."""
+    mins kernel after the four-by-two one; Q4_1 and Q5_1 the four-by-two kernel with their offsets in it. AMX_KEY:
+    the split unpacker, no four-by-two kernel (0), the mins kernel of path."""
+    if scheme == AMX_KEY:
+        return (kernel_address(_UNPACK_AMX[ggml_type], UNPACK16_SIG), 0,
+                0 if ggml_type == T.Q6_K else kernel_address(_MINS[path], MINS_SIG))
     if ggml_type in _UNPACK:
         g = scheme[0]
         unpack, dot4x2, mins = _UNPACK[ggml_type][g], _W4X2[g][path], (None if ggml_type == T.Q6_K else _MINS[path])
@@ -145,6 +149,7 @@ GROUP_TOKENS = 8
 # K-quant prefill on AMX tiles (prefill_amx.py) where the CPU has them: on the avx512 path, whose kernels fold the
 # tiles (tests turn it off to compare the AVX-512 kernels with their portable twins), from AMX_TOKENS tokens on
 AMX, AMX_TOKENS = HAS_AMX, 8
+AMX_ROWS = 64   # rows a thread unpacks at a time for AMX (a multiple of 16)
 
 
 # Integer prefill layouts (_prefill_scheme): the tokens' quantizer, and per unit of the layout its elements,
@@ -191,8 +196,7 @@ def _amx_matmul(w: QuantizedTensor, acts, path: str) -> np.ndarray:
     """_int_matmul on AMX tiles (prefill_amx.amx_rows), a chunk of tokens at a time (their bytes of a segment in
     half of L2, as _int_matmul's tiles); the split unpackers and the mins kernel of path."""
     n_t, (xh, xl, xd, px) = acts
-    unpack = kernel_address(_UNPACK_AMX[w.ggml_type], UNPACK16_SIG)
-    mins = 0 if w.ggml_type == T.Q6_K else kernel_address(_MINS[path], MINS_SIG)
+    unpack, _, mins = _prefill_kernels(w.ggml_type, path, AMX_KEY)
     out = np.empty((n_t + n_t % 2, w.shape[0]), np.float32)
     n_tiles = xd.shape[1] // TILE_TOKENS
     chunk = max(1, TILE_BYTES // (2 * SEG_BLOCKS * 256) // TILE_TOKENS)   # token tiles
@@ -200,6 +204,3 @@ def _amx_matmul(w: QuantizedTensor, acts, path: str) -> np.ndarray:
         amx_rows(unpack, mins, w.data, xh, xl, xd, px.reshape(-1)[TILE_TOKENS * tt0:], out, AMX_ROWS, SEG_BLOCKS,
                  px.shape[1], tt0, min(chunk, n_tiles - tt0))
     return out[:n_t]
-
-
-AMX_ROWS = 64   # rows a thread unpacks at a time for AMX (a multiple of 16)

@@ -106,7 +106,7 @@ def test_amx_prefill_matches_its_twin(ggml_type, k, monkeypatch, two_threads):
             np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32))
 
 
-def test_amx_only_on_the_avx512_path_and_from_amx_tokens_on(monkeypatch):
+def test_amx_scheme_only_on_the_avx512_path_from_amx_tokens(monkeypatch):
     """The scheme: AMX where it is on, on the avx512 path (its kernels fold the tiles), from AMX_TOKENS tokens;
     else the AVX-512 layouts."""
     w = random_tensor(T.Q4_K, (37, 1024), seed=55)
